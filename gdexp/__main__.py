@@ -1,0 +1,25 @@
+"""`python -m gdexp [key=value ...]`: one run; add `-m` and comma-separated values for a sweep."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from gdexp.config import register_configs, validate
+from gdexp.experiment import run_experiment
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    validate(cfg)
+    summary = run_experiment(cfg, overrides=list(HydraConfig.get().overrides.task))
+    return asdict(summary)
+
+
+if __name__ == "__main__":
+    main()

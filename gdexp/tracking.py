@@ -1,0 +1,216 @@
+"""The one seam between gdexp and MLflow: where runs go, how they open and close, what they log.
+
+Everything is logged through `MlflowClient.log_batch` in chunks MLflow accepts (1,000 metrics,
+100 params, 100 tags a call), so a run costs a handful of calls however long its history is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from gdexp.outcome import RunSummary
+from gdexp.train import Trajectory
+
+# Set by the sweeper for the jobs of a multirun: the sweep's parent run and its store.
+SWEEP_RUN_ID_ENV = "GDEXP_SWEEP_RUN_ID"
+SWEEP_TRACKING_URI_ENV = "GDEXP_SWEEP_TRACKING_URI"
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+NOTE_TAG = "mlflow.note.content"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """`configured`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; local paths made
+    absolute, so every job of a sweep writes to the same store wherever it runs."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if path != ":memory:" and not Path(path).is_absolute():
+            return f"sqlite:///{Path(path).resolve()}"
+        return uri
+    if "://" not in uri:  # a bare folder: MLflow's file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, the dotted keys Hydra overrides use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def finite_metrics(
+    key: str, values: Iterable[float], first_step: int = 0, timestamp: int | None = None
+) -> list[Metric]:
+    """One Metric per finite value, at steps first_step, first_step + 1, ...; non-finite values
+    are left out (MLflow stores inf as ±1.8e308, and a NaN breaks its run page)."""
+    timestamp = timestamp if timestamp is not None else int(time.time() * 1000)
+    return [
+        Metric(key, float(value), timestamp, step)
+        for step, value in enumerate(values, start=first_step)
+        if math.isfinite(value)
+    ]
+
+
+def config_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as MLflow params with dotted keys (method.batch_size, data.slope...)."""
+    return flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def result_metrics(
+    trajectory: Trajectory, summary: RunSummary, log_step_loss: bool
+) -> list[Metric]:
+    """A run's history and final figures. Steps count epochs done: `loss` at step k is measured
+    after k epochs (before epoch k's updates), `w` and `b` at step k after k epochs. `step_loss`
+    is at the global update index."""
+    now = int(time.time() * 1000)
+    metrics = (
+        finite_metrics("loss", trajectory.epoch_loss, 0, now)
+        + finite_metrics("w", trajectory.w, 1, now)
+        + finite_metrics("b", trajectory.b, 1, now)
+    )
+    if log_step_loss:
+        metrics += finite_metrics("step_loss", trajectory.step_loss, 0, now)
+    finals = {
+        "initial_loss": summary.initial_loss,
+        "final_loss": summary.final_loss,
+        "final_w": summary.final_w,
+        "final_b": summary.final_b,
+        "optimal_loss": summary.optimal_loss,
+    }
+    if summary.diverged_at_epoch is not None:
+        finals["diverged_at_epoch"] = summary.diverged_at_epoch
+    for key, value in finals.items():
+        metrics += finite_metrics(key, [value], 0, now)
+    return metrics
+
+
+class Tracker:
+    """An MLflow store and experiment that runs are logged to."""
+
+    def __init__(self, uri: str, experiment: str, client: MlflowClient | None = None) -> None:
+        self.uri = uri
+        self.client = client or MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._ensure_experiment(experiment)
+
+    def _ensure_experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            experiment_id = self.client.create_experiment(name)
+        except Exception:  # another process created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+        # Model-training work, not GenAI: the MLflow UI then offers the runs table first.
+        self.client.set_experiment_tag(
+            experiment_id, "mlflow.experimentKind", "custom_model_development"
+        )
+        return experiment_id
+
+    def start_run(
+        self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: list[Metric] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Params, metrics and tags in as few `log_batch` calls as MLflow's limits allow."""
+        metrics = metrics or []
+        param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        calls = max(
+            math.ceil(len(metrics) / MAX_METRICS_PER_BATCH),
+            math.ceil(len(param_list) / MAX_PARAMS_PER_BATCH),
+            math.ceil(len(tag_list) / MAX_TAGS_PER_BATCH),
+        )
+        for i in range(calls):
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[i * MAX_METRICS_PER_BATCH : (i + 1) * MAX_METRICS_PER_BATCH],
+                params=param_list[i * MAX_PARAMS_PER_BATCH : (i + 1) * MAX_PARAMS_PER_BATCH],
+                tags=tag_list[i * MAX_TAGS_PER_BATCH : (i + 1) * MAX_TAGS_PER_BATCH],
+                synchronous=True,
+            )
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def run(
+        self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Iterator[str]:
+        """A run that is always closed: FINISHED, FAILED (with the error as a tag) or KILLED."""
+        run_id = self.start_run(name, parent_run_id, tags)
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
+        except Exception as error:
+            self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            raise
+        finally:
+            self.end_run(run_id, status)
+
+    def ui_address(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The runs table of this experiment in the MLflow UI's model-training view."""
+        if self.uri.startswith(("http://", "https://")):
+            base = self.uri.rstrip("/")
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+
+def log_run_config(tracker: Tracker, run_id: str, cfg: DictConfig) -> None:
+    """What the run is, logged before it trains, so that a run that fails still shows it."""
+    tracker.log(
+        run_id,
+        params=config_params(cfg),
+        metrics=finite_metrics("step_size", [cfg.step_size]),  # params are strings; this sorts
+    )
+    tracker.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def log_run_result(
+    tracker: Tracker,
+    run_id: str,
+    trajectory: Trajectory,
+    summary: RunSummary,
+    description: str,
+    log_step_loss: bool = True,
+) -> None:
+    tracker.log(
+        run_id,
+        metrics=result_metrics(trajectory, summary, log_step_loss),
+        tags={"outcome": summary.outcome, NOTE_TAG: description},
+    )

@@ -1,0 +1,184 @@
+"""`hydra/sweeper=gdexp` (gdexp's default): Hydra's basic grid sweep, tracked as one MLflow sweep.
+
+Before any job starts it composes and validates every job's config (so a bad value anywhere in
+the grid fails before a single run exists), opens the store and experiment once in the launching
+process, and creates the sweep's parent run. The jobs, on any launcher, log their runs as its
+children. A job that raises leaves its own run FAILED; the others go on, and the sweep exits
+non-zero at the end, naming the jobs that failed.
+"""
+
+import logging
+import os
+import shlex
+import sys
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from gdexp import tracking
+from gdexp.config import ConfigError, config_problems
+from gdexp.outcome import OUTCOMES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackedSweeperConf:
+    _target_: str = "hydra_plugins.gdexp_plugins.tracked_sweeper.TrackedSweeper"
+    # Hydra loads plugin modules outside sys.modules, so no string annotations here.
+    max_batch_size: Optional[int] = None  # noqa: UP045
+    params: Optional[dict[str, str]] = None  # noqa: UP045
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="gdexp", node=TrackedSweeperConf, provider="gdexp"
+)
+
+
+class SweepFailed(CompactHydraException):
+    pass
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def sweep_command() -> str:
+    return "python -m gdexp " + shlex.join(sys.argv[1:])
+
+
+def describe_sweep(
+    command: str, grid: Mapping[str, str], n_jobs: int, counts: Mapping[str, int], failed: int
+) -> str:
+    axes = ", ".join(f"{key} ∈ {{{values}}}" for key, values in grid.items()) or "no swept keys"
+    tally = ", ".join(f"{counts.get(outcome, 0)} {outcome}" for outcome in OUTCOMES)
+    return f"`{command}`: {n_jobs} runs over {axes}. Outcomes: {tally}; {failed} failed."
+
+
+class TrackedSweeper(BasicSweeper):
+    def job_configs(self, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
+        """Every job's composed config, after checking all of them (all problems in one message)."""
+        loader = self.hydra_context.config_loader
+        configs, problems = [], {}
+        for overrides in jobs:
+            cfg = loader.load_sweep_config(self.config, list(overrides))
+            for problem in config_problems(cfg):
+                problems.setdefault(problem, " ".join(overrides))
+            configs.append(cfg)
+        if problems:
+            lines = [f"{problem}  (first in job: {job})" for problem, job in problems.items()]
+            raise ConfigError("Invalid sweep, no run was started:\n  " + "\n  ".join(lines))
+        destinations = {(c.tracking.uri, c.tracking.experiment) for c in configs}
+        if len(destinations) > 1:
+            raise ConfigError(
+                "Invalid sweep, no run was started: tracking.uri and tracking.experiment cannot "
+                "be swept; one sweep is one parent run in one experiment."
+            )
+        return configs
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert (
+            self.config is not None and self.launcher is not None and self.hydra_context is not None
+        )
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + arguments)
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        jobs = [job for batch in self.overrides for job in batch]
+        configs = self.job_configs(jobs)
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        first = configs[0]
+        if not first.tracking.enabled:
+            return self._launch_all()
+
+        # The store and experiment are set up here, once, before any job can race to create them.
+        tracker = tracking.Tracker(
+            tracking.resolve_tracking_uri(first.tracking.uri), first.tracking.experiment
+        )
+        grid = {
+            o.get_key_element(): ",".join(str(v) for v in o.sweep_string_iterator())
+            for o in overrides
+            if o.is_sweep_override()
+        }
+        command = sweep_command()
+        parent = tracker.start_run(
+            f"sweep {sweep_dir.name} ({len(jobs)} runs)",
+            tags={
+                "gdexp.kind": "sweep",
+                "command": command,
+                "sweep_dir": str(sweep_dir.resolve()),
+                "n_runs": str(len(jobs)),
+                **{f"grid.{key}": values for key, values in grid.items()},
+            },
+        )
+        log.info("Sweep of %d runs, MLflow parent run %s in %s", len(jobs), parent, tracker.uri)
+        status = "KILLED"
+        try:
+            env = {tracking.SWEEP_RUN_ID_ENV: parent, tracking.SWEEP_TRACKING_URI_ENV: tracker.uri}
+            with _environment(env):
+                returns = self._launch_all()
+            results = [r for batch in returns for r in batch]
+            failed = [r for r in results if r.status != JobStatus.COMPLETED]
+            counts = Counter(
+                r.return_value["outcome"] for r in results if r.status == JobStatus.COMPLETED
+            )
+            tracker.log(
+                parent,
+                tags={
+                    tracking.NOTE_TAG: describe_sweep(
+                        command, grid, len(jobs), counts, len(failed)
+                    ),
+                    "failed_runs": str(len(failed)),
+                    **{f"runs_{outcome}": str(counts.get(outcome, 0)) for outcome in OUTCOMES},
+                },
+            )
+            status = "FAILED" if failed else "FINISHED"
+        finally:
+            tracker.end_run(parent, status)
+        log.info("Sweep done: %s. MLflow UI: %s", dict(counts), tracker.ui_address())
+        if failed:
+            raise SweepFailed(_failure_report(failed, len(results)))
+        return returns
+
+    def _launch_all(self) -> list[Sequence[JobReturn]]:
+        returns, first_index = [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            returns.append(self.launcher.launch(batch, initial_job_idx=first_index))
+            first_index += len(batch)
+        return returns
+
+
+def _failure_report(failed: Sequence[JobReturn], total: int) -> str:
+    lines = []
+    for result in failed:
+        overrides = " ".join(result.overrides)
+        error = result._return_value  # the exception the job raised
+        lines.append(f"  {overrides}: {type(error).__name__}: {error}")
+    return (
+        f"{len(failed)} of {total} runs failed (their MLflow runs are marked FAILED):\n"
+        + "\n".join(lines)
+    )
