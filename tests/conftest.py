@@ -1,0 +1,61 @@
+"""Shared fixtures: a real SQLite MLflow store in a temp folder and gdexp run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Store:
+    folder: Path  # the launch folder: gdexp writes mlflow.db and Hydra's outputs here
+    uri: str
+    client: MlflowClient
+
+    def runs(self, experiment: str = "gdexp") -> list:
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return self.client.search_runs([found.experiment_id], max_results=10_000)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any tracking settings a developer may have set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GDEXP_"))}
+    env["HYDRA_FULL_ERROR"] = "0"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path, f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"))
+
+
+GdexpCli = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def gdexp_cli(store: Store) -> GdexpCli:
+    """Runs `python -m gdexp ARGS` in the store's folder, as a user would."""
+
+    def run(*args: str, module: str = "gdexp", timeout: float = 600, **env: str):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=store.folder,
+            env=clean_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
