@@ -1,0 +1,215 @@
+"""gdexp.theory against hand computation and against brute-force training with gdexp.train."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gdexp import theory
+from gdexp.config import MethodConfig, RunConfig
+from gdexp.experiment import make_run_data
+from gdexp.seeding import random_streams
+from gdexp.train import train, train_many
+
+REFERENCE_X = -5.0 + 0.1 * np.arange(100)
+
+
+def config(name: str = "sgd", batch_size: int | None = 1, step_size: float = 0.1, **overrides):
+    cfg = OmegaConf.structured(
+        RunConfig(method=MethodConfig(name=name, batch_size=batch_size), step_size=step_size)
+    )
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+def data64(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    data = make_run_data(cfg)
+    return data.x.to(torch.float64).numpy(), data.y.to(torch.float64).numpy()
+
+
+def full_loss(x: np.ndarray, y: np.ndarray, w: float, b: float) -> float:
+    return float(np.mean((w * x + b - y) ** 2))
+
+
+# --- Hessian and thresholds -------------------------------------------------------------------
+
+
+def test_hessian_and_thresholds_by_hand():
+    # x = [1, -1]: H = (2/2)·([[1, 1], [1, 1]] + [[1, -1], [-1, 1]]) = 2·I.
+    np.testing.assert_allclose(theory.hessian(np.array([1.0, -1.0])), 2 * np.eye(2))
+    assert theory.bgd_threshold(np.array([1.0, -1.0])) == pytest.approx(1.0)
+    np.testing.assert_allclose(theory.sample_thresholds(np.array([1.0, -1.0])), [0.5, 0.5])
+
+    # x = [0, 1, 2]: Σx² = 5, Σx = 3, N = 3 → H = (2/3)·[[5, 3], [3, 3]],
+    # λ_max = (2/3)·(4 + √10), so the BGD threshold is 3 / (4 + √10).
+    x = np.array([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(theory.hessian(x), (2 / 3) * np.array([[5.0, 3.0], [3.0, 3.0]]))
+    assert theory.hessian(x).dtype == np.float64
+    assert theory.bgd_threshold(x) == pytest.approx(3 / (4 + np.sqrt(10)))
+    np.testing.assert_allclose(theory.sample_thresholds(x), [1.0, 0.5, 0.2])
+    assert theory.sgd_threshold(x) == pytest.approx(0.2)
+
+
+def test_thresholds_on_reference_data():
+    assert round(theory.bgd_threshold(REFERENCE_X), 3) == 0.120
+    assert theory.sgd_threshold(REFERENCE_X) == pytest.approx(1 / 26)
+
+
+def test_single_sample_threshold_is_where_one_step_starts_to_flip_and_grow():
+    # One step on x = 3 is I − η·2·[[9, 3], [3, 1]]: eigenvalues 1 (along the sample's level
+    # line) and 1 − 20η, which passes −1 at η = 1/10 = 1/(x² + 1).
+    x = np.array([3.0])
+    limit = theory.sample_thresholds(x)[0]
+    assert limit == pytest.approx(0.1)
+    for step_size, stable in ((0.99 * limit, True), (1.01 * limit, False)):
+        m, _ = theory.epoch_map(x, np.array([0.0]), step_size)
+        eigenvalues = np.sort(np.linalg.eigvals(m).real)
+        assert eigenvalues[1] == pytest.approx(1.0)
+        assert (eigenvalues[0] > -1) == stable
+
+
+# --- BGD against brute force ------------------------------------------------------------------
+
+
+def test_bgd_threshold_separates_converging_from_diverging_training():
+    cfgs = [
+        config("bgd", None, step, epochs=200, dtype="float64", data__noise_std=0.0)
+        for step in (0.119, 0.121)
+    ]
+    assert theory.bgd_threshold(data64(cfgs[0])[0]) == pytest.approx(0.12, abs=5e-4)
+    below, above = train_many(cfgs, [make_run_data(cfg) for cfg in cfgs])
+    assert below.epoch_loss[-1] < 1e-2 * below.initial_loss
+    assert above.epoch_loss[-1] > 1e2 * above.initial_loss
+
+
+def test_bgd_map_is_one_full_batch_step():
+    x, y = data64(config())
+    m, c = theory.epoch_map(x, y, 0.05, batch_size=10_000)
+    np.testing.assert_allclose(m, np.eye(2) - 0.05 * theory.hessian(x))
+    np.testing.assert_allclose(c, 0.05 * (2 / len(x)) * np.array([x @ y, y.sum()]))
+
+
+# --- epoch_map against brute force ------------------------------------------------------------
+
+
+# SGD at 0.1 in data order amplifies rounding ~3e7-fold within an epoch (transient gain), so
+# there the map and the training loop only agree to ~1e-7; elsewhere to ~1e-14.
+@pytest.mark.parametrize(
+    ("batch_size", "shuffle", "step_size", "rtol"),
+    [
+        (1, False, 0.03, 1e-10),
+        (1, False, 0.1, 1e-6),
+        (10, False, 0.1, 1e-10),
+        (1, True, 0.03, 1e-10),
+        (1, True, 0.1, 1e-10),
+        (10, True, 0.1, 1e-10),
+    ],
+)
+def test_epoch_map_reproduces_training(batch_size, shuffle, step_size, rtol):
+    epochs = 5
+    cfg = config(
+        "sgd" if batch_size == 1 else "minibatch",
+        batch_size,
+        step_size,
+        epochs=epochs,
+        dtype="float64",
+        method__shuffle=shuffle,
+    )
+    x, y = data64(cfg)
+    trajectory = train(cfg, make_run_data(cfg))
+    # Every epoch's order, drawn from the run's shuffle stream as gdexp.train draws them.
+    shuffler = random_streams(cfg.seed).shuffle
+    theta = np.array([cfg.init.w, cfg.init.b])
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=shuffler).numpy() if shuffle else None
+        m, c = theory.epoch_map(x, y, step_size, batch_size, order)
+        theta = m @ theta + c
+        np.testing.assert_allclose(
+            theta, [trajectory.w[epoch], trajectory.b[epoch]], rtol=rtol, atol=1e-9
+        )
+
+
+def test_transient_gain_is_largest_partial_product_norm():
+    x = np.array([2.0, 0.0])
+    # Steps on x = 2 then x = 0 at η = 0.5: I − 0.5·2·[[4, 2], [2, 1]] has eigenvalues 1 and −4
+    # (norm 4); the x = 0 step [[1, 0], [0, 0]] then drops a row, leaving norm √13 < 4.
+    analysis = theory.analyze_epoch_map(x, np.zeros(2), 0.5)
+    first = np.eye(2) - 0.5 * theory.hessian(x[:1])
+    second = np.eye(2) - 0.5 * theory.hessian(x[1:])
+    expected = max(np.linalg.norm(first, 2), np.linalg.norm(second @ first, 2))
+    assert analysis.transient_gain == pytest.approx(expected)
+    assert analysis.transient_gain == pytest.approx(4.0)
+    assert np.linalg.norm(second @ first, 2) == pytest.approx(np.sqrt(13))
+    assert analysis.spectral_radius == pytest.approx(
+        np.abs(np.linalg.eigvals(second @ first)).max()
+    )
+
+
+# --- The SGD fixed point at η = 0.1 -----------------------------------------------------------
+
+
+def test_sgd_settles_on_the_fixed_point_far_above_the_optimum():
+    noisy = config(epochs=60, dtype="float64")
+    clean = config(epochs=60, dtype="float64", data__noise_std=0.0)
+    noisy_run, clean_run = train_many([noisy, clean], [make_run_data(noisy), make_run_data(clean)])
+
+    x, y = data64(noisy)
+    analysis = theory.analyze_epoch_map(x, y, 0.1)
+    assert analysis.stable
+    assert 0.5 < analysis.spectral_radius < 0.6
+    assert 1e7 < analysis.transient_gain < 1e8
+    assert 1e14 < analysis.fixed_point_loss < 1e15
+    np.testing.assert_allclose(noisy_run.epoch_loss[-5:], analysis.fixed_point_loss, rtol=1e-6)
+    assert noisy_run.epoch_loss[0] == pytest.approx(full_loss(x, y, -10.0, -20.0))
+
+    x, y = data64(clean)
+    analysis = theory.analyze_epoch_map(x, y, 0.1)
+    assert analysis.stable
+    assert analysis.fixed_point_w == pytest.approx(-5.0, abs=1e-6)
+    assert analysis.fixed_point_b == pytest.approx(0.0, abs=1e-6)
+    assert analysis.fixed_point_loss < 1e-10
+    assert clean_run.epoch_loss[-1] < 1e-10
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+
+def test_predict_verdicts_on_reference_settings():
+    bgd = theory.predict(config("bgd", None, 0.1))
+    assert bgd.verdict == "converges"
+    assert bgd.batch_size == 100
+    assert bgd.epoch_map.fixed_point_loss == pytest.approx(0.168, abs=1e-3)  # the LS optimum
+
+    sgd = theory.predict(config("sgd", 1, 0.1))
+    assert sgd.verdict == "settles high"
+    assert sgd.sgd_threshold == pytest.approx(1 / 26)
+
+    assert theory.predict(config("bgd", None, 0.2)).verdict == "diverges"
+    assert theory.predict(config("sgd", 1, 0.1, data__noise_std=0.0)).verdict == "converges"
+
+
+def test_predict_uses_the_configs_own_data():
+    base = theory.predict(config("bgd", None, 0.1))
+    # x = 0, 0.1, ..., 1.9: a much flatter Hessian, so a far larger BGD threshold.
+    moved = theory.predict(config("bgd", None, 0.1, data__x_start=0.0, data__n_points=20))
+    x = np.arange(20) * 0.1
+    assert moved.batch_size == 20
+    assert moved.bgd_threshold == pytest.approx(theory.bgd_threshold(x))
+    assert moved.bgd_threshold > 3 * base.bgd_threshold
+    assert moved.sgd_threshold == pytest.approx(1 / (1.9**2 + 1))
+
+    # The order matters: the first epoch's shuffle gives a different map than data order.
+    shuffled = theory.predict(config(method__shuffle=True))
+    cfg = config(method__shuffle=True)
+    x, y = data64(config(dtype="float64"))
+    order = torch.randperm(100, generator=random_streams(cfg.seed).shuffle).numpy()
+    assert shuffled.epoch_map == theory.analyze_epoch_map(x, y, 0.1, 1, order)
+    assert shuffled.epoch_map != theory.predict(config()).epoch_map
+
+
+def test_predict_many_matches_predict():
+    cfgs = [config(step_size=s) for s in (0.02, 0.1)] + [config(seed=3), config("bgd", None)]
+    assert theory.predict_many(cfgs) == [theory.predict(cfg) for cfg in cfgs]
