@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,8 +14,12 @@ from gdexp.experiment import run_experiment
 
 register_configs()
 
+# Absolute, so that `python -m gdexp`, the `gdexp` script and wrappers that import `main` all
+# find the same configs.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> dict:
     validate(cfg)
     summary = run_experiment(cfg, overrides=list(HydraConfig.get().overrides.task))

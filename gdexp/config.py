@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class DType(Enum):
@@ -120,11 +120,35 @@ def config_problems(cfg: DictConfig) -> list[str]:
         group, name = key.split(".")
         value = cfg[group][name]
         checks.append((key, value, _finite(value), "a finite number"))
+    known = _leaf_keys(OmegaConf.structured(RunConfig(method=MethodConfig())))
+    checks += [
+        (key, value, False, "removed: it is not a gdexp key (is it misspelled?)")
+        for key, value in _leaves(cfg)
+        if key not in known
+    ]
     return [
         f"{key}={value!r} is invalid: it must be {allowed}"
         for key, value, ok, allowed in checks
         if not ok
     ]
+
+
+def _leaves(cfg: DictConfig, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, skipping Hydra's own `hydra` node."""
+    leaves = []
+    for key in cfg:
+        if key == "hydra" and not prefix:
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            leaves += _leaves(node, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", node._value()))
+    return leaves
+
+
+def _leaf_keys(cfg: DictConfig) -> set[str]:
+    return {key for key, _ in _leaves(cfg)}
 
 
 def validate(cfg: DictConfig, context: str = "") -> None:

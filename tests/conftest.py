@@ -38,7 +38,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(tmp_path, f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"))
+    return Store(
+        tmp_path, f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    )
 
 
 GdexpCli = Callable[..., subprocess.CompletedProcess]

@@ -1,0 +1,61 @@
+"""The tracking seam: what reaches MLflow, in how many calls, and what never does."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from gdexp.config import MethodConfig, RunConfig
+from gdexp.experiment import run_experiment
+from gdexp.tracking import finite_metrics, flatten, resolve_tracking_uri
+
+CLIENT_CALLS = ("create_run", "log_batch", "log_metric", "log_param", "set_tag", "log_text",
+                "log_artifact", "log_artifacts", "set_terminated")  # fmt: skip
+
+
+@pytest.fixture
+def client_calls(monkeypatch) -> Counter:
+    """Counts the calls gdexp makes on MlflowClient; each call still goes to the real store."""
+    calls: Counter = Counter()
+    for name in CLIENT_CALLS:
+        real = getattr(MlflowClient, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, name, spy)
+    return calls
+
+
+def test_a_1000_step_sgd_run_logs_its_history_in_a_handful_of_calls(store, client_calls):
+    cfg = OmegaConf.structured(RunConfig(method=MethodConfig(name="sgd", batch_size=1), epochs=10))
+    cfg.tracking.uri = store.uri
+    summary = run_experiment(cfg)
+    assert client_calls["log_metric"] == 0 and client_calls["log_param"] == 0
+    assert sum(client_calls.values()) <= 8, client_calls
+    history = store.client.get_metric_history(summary.run_id, "step_loss")
+    assert len(history) == 1000  # all of it arrived
+
+
+def test_non_finite_values_are_left_out_not_clamped():
+    metrics = finite_metrics("loss", [1.0, math.inf, -math.inf, math.nan, 2.0])
+    assert [(m.step, m.value) for m in metrics] == [(0, 1.0), (4, 2.0)]
+
+
+def test_config_is_flattened_with_dotted_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": 2}) == {"a.b": 1, "a.c.d": None, "e": 2}
+
+
+def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path}/sub/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5005")
+    assert resolve_tracking_uri(None) == "http://127.0.0.1:5005"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
