@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import textwrap
+from pathlib import Path
 
 import pytest
-
 from conftest import REPO, Store
 
 PARAMS = {
@@ -46,7 +46,7 @@ def test_default_run_is_the_reference_bgd(gdexp_cli, store):
     assert run.data.tags["outcome"] == "converged"
     assert "batch GD" in run.data.tags["mlflow.note.content"]
     config = store.client.download_artifacts(run.info.run_id, "config.yaml", str(store.folder))
-    assert "step_size: 0.1" in open(config).read()
+    assert "step_size: 0.1" in Path(config).read_text()
 
 
 def test_sgd_explodes_with_every_logged_value_finite(gdexp_cli, store):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from conftest import REPO
 from gdexp.config import ConfigError, register_configs, validate
 
 register_configs()
