@@ -1,11 +1,18 @@
-"""One run, start to end: data, training, judgement, and (behind the tracking seam) MLflow."""
+"""Runs, start to end: data, training, judgement, and (behind the tracking seam) MLflow.
+
+`run_experiment` is one job of a sweep (or a single run): it opens its MLflow run first, so a run
+that fails shows its config. `run_grid` is the batched path: a grid of configs trains as one
+tensor computation, then each config is logged as its own run with the same content.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -13,11 +20,17 @@ from omegaconf import DictConfig
 from gdexp.data import Dataset, dtype_name, make_dataset, torch_dtype
 from gdexp.outcome import RunSummary, summarize
 from gdexp.seeding import random_streams
-from gdexp.train import train
+from gdexp.train import Trajectory, batch_signature, train, train_many
+
+if TYPE_CHECKING:
+    from gdexp.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 METHOD_WORDS = {"bgd": "batch GD", "sgd": "stochastic GD", "minibatch": "mini-batch GD"}
+
+# Tensor elements (configs × recorded steps) one batched training may hold: about 0.4 GB.
+MAX_BATCH_ELEMENTS = 50_000_000
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -55,32 +68,37 @@ def _log_epoch(epoch: int, loss: torch.Tensor, w: torch.Tensor, b: torch.Tensor)
     )
 
 
+def open_tracker(cfg: DictConfig) -> tuple[Tracker, str | None]:
+    """The store a run goes to and its sweep's parent run, if it is a job of a sweep."""
+    # Imported here so that training without tracking never loads MLflow.
+    from gdexp import tracking
+
+    parent = os.environ.get(tracking.SWEEP_RUN_ID_ENV)
+    uri = (
+        os.environ[tracking.SWEEP_TRACKING_URI_ENV]
+        if parent
+        else tracking.resolve_tracking_uri(cfg.tracking.uri)
+    )
+    return tracking.Tracker(uri, cfg.tracking.experiment), parent
+
+
 def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary:
     """Train one validated config; log it to MLflow unless `tracking.enabled` is false."""
     data = make_run_data(cfg)
     if not cfg.tracking.enabled:
         return summarize(train(cfg, data, _log_epoch), data, cfg.convergence_tolerance)
 
-    # Imported here so that training without tracking never loads MLflow.
     from gdexp import tracking
 
-    in_sweep = os.environ.get(tracking.SWEEP_RUN_ID_ENV)
-    uri = (
-        os.environ[tracking.SWEEP_TRACKING_URI_ENV]
-        if in_sweep
-        else tracking.resolve_tracking_uri(cfg.tracking.uri)
-    )
-    tracker = tracking.Tracker(uri, cfg.tracking.experiment)
-    with tracker.run(
-        run_name(cfg), parent_run_id=in_sweep, tags={"overrides": " ".join(overrides)}
-    ) as run_id:
+    tracker, parent = open_tracker(cfg)
+    with tracker.run(run_name(cfg), parent, tags={"overrides": " ".join(overrides)}) as run_id:
         tracking.log_run_config(tracker, run_id, cfg)
         trajectory = train(cfg, data, _log_epoch)
         summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
         tracking.log_run_result(
             tracker, run_id, trajectory, summary, describe(cfg, summary), cfg.tracking.log_step_loss
         )
-    if not in_sweep:
+    if not parent:
         log.info(
             "Run %s: %s. MLflow UI (run `mlflow ui` here): %s",
             run_name(cfg),
@@ -88,3 +106,72 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary
             tracker.ui_address(),
         )
     return summary
+
+
+def _chunks(indices: list[int], cfg: DictConfig) -> list[list[int]]:
+    steps = cfg.epochs * -(-cfg.data.n_points // (cfg.method.batch_size or cfg.data.n_points))
+    size = max(1, MAX_BATCH_ELEMENTS // max(steps, 1))
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def run_grid(
+    cfgs: Sequence[DictConfig],
+    overrides: Sequence[Sequence[str]],
+    on_logged: Callable[[int], None] | None = None,
+) -> list[RunSummary | Exception]:
+    """Train validated configs in groups that share a loop structure (one tensor computation a
+    group), then log each as its own run. Returns each config's summary, or the exception that
+    failed it (its run is then marked FAILED); `on_logged(n)` after each run is logged."""
+
+    results: list[RunSummary | Exception | None] = [None] * len(cfgs)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, cfg in enumerate(cfgs):
+        groups[batch_signature(cfg)].append(index)
+
+    tracker, parent = open_tracker(cfgs[0]) if cfgs[0].tracking.enabled else (None, None)
+    logged = 0
+    for indices in groups.values():
+        for chunk in _chunks(indices, cfgs[indices[0]]):
+            datasets = [make_run_data(cfgs[i]) for i in chunk]
+            try:
+                trajectories: Sequence[Trajectory | Exception] = train_many(
+                    [cfgs[i] for i in chunk], datasets
+                )
+            except Exception as error:  # the whole group failed; each of its runs says so
+                trajectories = [error] * len(chunk)
+            for index, data, trajectory in zip(chunk, datasets, trajectories, strict=True):
+                cfg = cfgs[index]
+                results[index] = _finish(tracker, parent, cfg, overrides[index], data, trajectory)
+                logged += 1
+                if on_logged is not None:
+                    on_logged(logged)
+    return results  # type: ignore[return-value]
+
+
+def _finish(
+    tracker: Tracker | None,
+    parent: str | None,
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    data: Dataset,
+    trajectory: Trajectory | Exception,
+) -> RunSummary | Exception:
+    from gdexp import tracking
+
+    try:
+        if tracker is None:
+            if isinstance(trajectory, Exception):
+                raise trajectory
+            return summarize(trajectory, data, cfg.convergence_tolerance)
+        tags = {"overrides": " ".join(overrides)}
+        with tracker.run(run_name(cfg), parent, tags) as run_id:
+            if isinstance(trajectory, Exception):
+                tracking.log_run_config(tracker, run_id, cfg)
+                raise trajectory
+            summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
+            tracking.log_whole_run(
+                tracker, run_id, cfg, trajectory, summary, describe(cfg, summary)
+            )
+        return summary
+    except Exception as error:
+        return error

@@ -17,12 +17,16 @@ OUTCOMES = (CONVERGED, CONVERGING, DIVERGED)
 
 
 def least_squares_fit(data: Dataset) -> tuple[float, float, float]:
-    """(w, b, loss) of the closed-form least-squares fit, in float64."""
+    """(w, b, loss) of the least-squares line, in closed form and float64. Plain sums, not a
+    LAPACK solve, so the figure is bit-for-bit the same in every process."""
     x, y = data.x.to(torch.float64), data.y.to(torch.float64)
-    design = torch.stack([x, torch.ones_like(x)], dim=1)
-    solution = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
-    loss = torch.mean((design @ solution - y) ** 2)
-    return float(solution[0]), float(solution[1]), float(loss)
+    dx, dy = x - x.mean(), y - y.mean()
+    spread = float((dx * dx).sum())
+    # With all x equal (or one point) any slope fits equally well; take the flat line.
+    w = float((dx * dy).sum()) / spread if spread > 0 else 0.0
+    b = float(y.mean()) - w * float(x.mean())
+    loss = float(torch.mean((w * x + b - y) ** 2))
+    return w, b, loss
 
 
 def classify(initial_loss: float, final_loss: float, optimal_loss: float, tolerance: float) -> str:

@@ -201,6 +201,30 @@ def log_run_config(tracker: Tracker, run_id: str, cfg: DictConfig) -> None:
     tracker.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
+def log_whole_run(
+    tracker: Tracker,
+    run_id: str,
+    cfg: DictConfig,
+    trajectory: Trajectory,
+    summary: RunSummary,
+    description: str,
+) -> None:
+    """`log_run_config` and `log_run_result` in one batch, for runs trained before they are
+    logged (batched sweeps): the same params, metrics, tags and artifact, in fewer calls."""
+    tracker.log(
+        run_id,
+        params=config_params(cfg),
+        metrics=finite_metrics("step_size", [cfg.step_size])
+        + result_metrics(trajectory, summary, cfg.tracking.log_step_loss),
+        tags=result_tags(summary, description),
+    )
+    tracker.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def result_tags(summary: RunSummary, description: str) -> dict[str, str]:
+    return {"outcome": summary.outcome, NOTE_TAG: description}
+
+
 def log_run_result(
     tracker: Tracker,
     run_id: str,
@@ -212,5 +236,5 @@ def log_run_result(
     tracker.log(
         run_id,
         metrics=result_metrics(trajectory, summary, log_step_loss),
-        tags={"outcome": summary.outcome, NOTE_TAG: description},
+        tags=result_tags(summary, description),
     )

@@ -50,10 +50,12 @@ GdexpCli = Callable[..., subprocess.CompletedProcess]
 def gdexp_cli(store: Store) -> GdexpCli:
     """Runs `python -m gdexp ARGS` in the store's folder, as a user would."""
 
-    def run(*args: str, module: str = "gdexp", timeout: float = 600, **env: str):
+    def run(
+        *args: str, module: str = "gdexp", timeout: float = 600, cwd: Path | None = None, **env: str
+    ):
         return subprocess.run(
             [sys.executable, "-m", module, *args],
-            cwd=store.folder,
+            cwd=cwd or store.folder,
             env=clean_env(**env),
             capture_output=True,
             text=True,

@@ -25,9 +25,15 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from gdexp import tracking
 from gdexp.config import ConfigError, config_problems
 from gdexp.outcome import OUTCOMES
+from hydra_plugins.gdexp_plugins.batched_launcher import BatchedLauncher
+from hydra_plugins.gdexp_plugins.job_configs import JobConfigs
+from hydra_plugins.gdexp_plugins.progress import Progress
+
+# Launchers that run jobs on this machine as they are handed over: the sweeper hands them the
+# grid in slices so it can report progress between slices. Cluster launchers get it whole.
+_SLICED_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +84,10 @@ def describe_sweep(
 class TrackedSweeper(BasicSweeper):
     def job_configs(self, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
         """Every job's composed config, after checking all of them (all problems in one message)."""
-        loader = self.hydra_context.config_loader
+        composer = JobConfigs(self.hydra_context.config_loader, self.config)
         configs, problems = [], {}
         for overrides in jobs:
-            cfg = loader.load_sweep_config(self.config, list(overrides))
+            cfg = composer.compose(overrides)
             for problem in config_problems(cfg):
                 problems.setdefault(problem, " ".join(overrides))
             configs.append(cfg)
@@ -105,10 +111,15 @@ class TrackedSweeper(BasicSweeper):
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         jobs = [job for batch in self.overrides for job in batch]
         configs = self.job_configs(jobs)
+        if isinstance(self.launcher, BatchedLauncher):
+            self.launcher.composed = {tuple(j): c for j, c in zip(jobs, configs, strict=True)}
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        # MLflow is loaded only when a sweep runs, not whenever Hydra scans its plugins.
+        from gdexp import tracking
 
         first = configs[0]
         if not first.tracking.enabled:
@@ -165,10 +176,18 @@ class TrackedSweeper(BasicSweeper):
 
     def _launch_all(self) -> list[Sequence[JobReturn]]:
         returns, first_index = [], 0
+        total = sum(len(batch) for batch in self.overrides)
+        progress = Progress(total, every=0.0)
+        sliced = type(self.launcher).__name__ in _SLICED_LAUNCHERS and self.max_batch_size is None
+        slice_size = max(1, -(-total // 20)) if sliced else total
         while not self.is_done():
             batch = self.get_job_batch()
-            returns.append(self.launcher.launch(batch, initial_job_idx=first_index))
-            first_index += len(batch)
+            for start in range(0, len(batch), slice_size):
+                part = batch[start : start + slice_size]
+                returns.append(self.launcher.launch(part, initial_job_idx=first_index))
+                first_index += len(part)
+                if slice_size < total:
+                    progress(first_index)
         return returns
 
 
