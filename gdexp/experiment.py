@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from gdexp.data import Dataset, dtype_name, make_dataset, torch_dtype
 from gdexp.outcome import RunSummary, summarize
 from gdexp.seeding import random_streams
-from gdexp.train import Trajectory, batch_signature, train, train_many
+from gdexp.train import TrainSettings, Trajectory, train, train_many
 
 if TYPE_CHECKING:
     from gdexp.tracking import Tracker
@@ -43,14 +43,15 @@ def describe(cfg: DictConfig, summary: RunSummary) -> str:
     batch = cfg.method.batch_size or cfg.data.n_points
     order = "shuffled" if cfg.method.shuffle else "in data order"
     end = (
-        f"diverged at epoch {summary.diverged_at_epoch}"
+        f"diverged: inf/NaN at epoch {summary.diverged_at_epoch}"
         if summary.diverged_at_epoch is not None
         else f"{summary.outcome}: final loss {summary.final_loss:.4g} (best possible "
         f"{summary.optimal_loss:.4g}), w = {summary.final_w:.4g}, b = {summary.final_b:.4g}"
     )
+    # The result first: the MLflow runs table shows only the first ~50 characters.
     return (
-        f"{method} (batch size {batch}, {order}) at step size {cfg.step_size:g}, seed {cfg.seed}, "
-        f"{cfg.epochs} epochs, {dtype_name(cfg.dtype)}: {end}."
+        f"{end[0].upper()}{end[1:]}. {method} (batch size {batch}, {order}) at step size "
+        f"{cfg.step_size:g}, seed {cfg.seed}, {cfg.epochs} epochs, {dtype_name(cfg.dtype)}."
     )
 
 
@@ -99,12 +100,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary
             tracker, run_id, trajectory, summary, describe(cfg, summary), cfg.tracking.log_step_loss
         )
     if not parent:
-        log.info(
-            "Run %s: %s. MLflow UI (run `mlflow ui` here): %s",
-            run_name(cfg),
-            summary.outcome,
-            tracker.ui_address(),
-        )
+        log.info("Run %s: %s. %s", run_name(cfg), summary.outcome, tracker.ui_hint())
     return summary
 
 
@@ -124,9 +120,10 @@ def run_grid(
     failed it (its run is then marked FAILED); `on_logged(n)` after each run is logged."""
 
     results: list[RunSummary | Exception | None] = [None] * len(cfgs)
+    settings = [TrainSettings.of(cfg) for cfg in cfgs]
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, cfg in enumerate(cfgs):
-        groups[batch_signature(cfg)].append(index)
+    for index, setting in enumerate(settings):
+        groups[setting.signature].append(index)
 
     tracker, parent = open_tracker(cfgs[0]) if cfgs[0].tracking.enabled else (None, None)
     logged = 0
@@ -135,7 +132,7 @@ def run_grid(
             datasets = [make_run_data(cfgs[i]) for i in chunk]
             try:
                 trajectories: Sequence[Trajectory | Exception] = train_many(
-                    [cfgs[i] for i in chunk], datasets
+                    [settings[i] for i in chunk], datasets
                 )
             except Exception as error:  # the whole group failed; each of its runs says so
                 trajectories = [error] * len(chunk)

@@ -184,6 +184,16 @@ class Tracker:
         finally:
             self.end_run(run_id, status)
 
+    def ui_hint(self) -> str:
+        """Where to look: the address, and for a local store the command that serves it."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"MLflow UI: {self.ui_address()}"
+        if self.uri == resolve_tracking_uri("sqlite:///mlflow.db"):
+            server = "`mlflow ui` here"
+        else:
+            server = f"`mlflow ui --backend-store-uri {self.uri}`"
+        return f"MLflow UI (run {server}): {self.ui_address()}"
+
     def ui_address(self, base: str = "http://127.0.0.1:5000") -> str:
         """The runs table of this experiment in the MLflow UI's model-training view."""
         if self.uri.startswith(("http://", "https://")):

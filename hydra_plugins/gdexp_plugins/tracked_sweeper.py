@@ -78,7 +78,8 @@ def describe_sweep(
 ) -> str:
     axes = ", ".join(f"{key} ∈ {{{values}}}" for key, values in grid.items()) or "no swept keys"
     tally = ", ".join(f"{counts.get(outcome, 0)} {outcome}" for outcome in OUTCOMES)
-    return f"`{command}`: {n_jobs} runs over {axes}. Outcomes: {tally}; {failed} failed."
+    # The tally first: the MLflow runs table shows only the first ~50 characters.
+    return f"{n_jobs} runs: {tally}; {failed} failed. `{command}` over {axes}."
 
 
 class TrackedSweeper(BasicSweeper):
@@ -169,7 +170,7 @@ class TrackedSweeper(BasicSweeper):
             status = "FAILED" if failed else "FINISHED"
         finally:
             tracker.end_run(parent, status)
-        log.info("Sweep done: %s. MLflow UI: %s", dict(counts), tracker.ui_address())
+        log.info("Sweep done: %s. %s", dict(counts), tracker.ui_hint())
         if failed:
             raise SweepFailed(_failure_report(failed, len(results)))
         return returns

@@ -1,0 +1,41 @@
+"""Analysis of gdexp runs tracked in MLflow: load them as frames, plot them, report on a sweep.
+
+    from gdexp.analysis import load_runs, load_histories, loss_curves
+    runs = load_runs(sweep="latest")
+    loss_curves(runs, load_histories(runs)).savefig("loss.png")
+
+`python -m gdexp.analysis` writes the whole report (see gdexp.analysis.report).
+"""
+
+from gdexp.analysis.figures import loss_curves, parameter_path, step_size_map
+from gdexp.analysis.load import (
+    AnalysisError,
+    ExperimentNotFound,
+    NoRuns,
+    StoreNotFound,
+    SweepNotFound,
+    load_histories,
+    load_runs,
+    run_config,
+    theory_table,
+)
+from gdexp.analysis.report import Report, log_report, summary_table, write_report
+
+__all__ = [
+    "AnalysisError",
+    "ExperimentNotFound",
+    "NoRuns",
+    "Report",
+    "StoreNotFound",
+    "SweepNotFound",
+    "load_histories",
+    "load_runs",
+    "log_report",
+    "loss_curves",
+    "parameter_path",
+    "run_config",
+    "step_size_map",
+    "summary_table",
+    "theory_table",
+    "write_report",
+]

@@ -1,0 +1,501 @@
+"""Runs and metric histories out of MLflow, as typed pandas frames.
+
+`load_runs` gives one row per run with numbers as numbers (MLflow keeps params as strings);
+`load_histories` gives per-epoch metrics in long form. Both read the same store gdexp writes to:
+by default `gdexp.tracking.resolve_tracking_uri(None)`, i.e. $MLFLOW_TRACKING_URI or
+sqlite:///<cwd>/mlflow.db.
+
+Histories come from a SQL store in a few bulk queries (the store's own
+`get_metric_history_bulk`, 500 runs a query); other stores (REST, file) are read run by run on a
+thread pool. See benchmarks/load_histories.py for what that buys.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from gdexp.config import RunConfig
+from gdexp.tracking import PARENT_TAG, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+SWEEP_KIND_TAG = "gdexp.kind"
+LATEST = "latest"
+
+# Columns of `load_runs`, in order, with their dtypes.
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "object",
+    "run_name": "object",
+    "parent_run_id": "object",
+    "status": "object",
+    "outcome": "object",  # converged / converging / diverged; None for a run that failed
+    "method": "object",
+    "step_size": "float64",
+    "seed": "int64",
+    "epochs": "int64",
+    "batch_size": "int64",  # effective: n_points for bgd (batch_size None)
+    "shuffle": "bool",
+    "dtype": "object",
+    "convergence_tolerance": "float64",
+    "n_points": "int64",
+    "x_start": "float64",
+    "x_step": "float64",
+    "slope": "float64",
+    "intercept": "float64",
+    "noise_std": "float64",
+    "init_w": "float64",
+    "init_b": "float64",
+    "initial_loss": "float64",
+    "final_loss": "float64",  # +inf for a diverged run whose loss overflowed (not logged)
+    "final_w": "float64",
+    "final_b": "float64",
+    "optimal_loss": "float64",
+    "diverged_at_epoch": "Int64",  # nullable: <NA> unless the run turned non-finite
+    "start_time": "datetime64[ms, UTC]",
+}
+
+# Run column -> MLflow param it comes from (all but batch_size, which needs n_points too).
+_PARAM_COLUMNS = {
+    "method": "method.name",
+    "step_size": "step_size",
+    "seed": "seed",
+    "epochs": "epochs",
+    "shuffle": "method.shuffle",
+    "dtype": "dtype",
+    "convergence_tolerance": "convergence_tolerance",
+    "n_points": "data.n_points",
+    "x_start": "data.x_start",
+    "x_step": "data.x_step",
+    "slope": "data.slope",
+    "intercept": "data.intercept",
+    "noise_std": "data.noise_std",
+    "init_w": "init.w",
+    "init_b": "init.b",
+}
+_REQUIRED_PARAMS = ("method.name", "step_size", "seed", "epochs", "data.n_points")
+_FINAL_METRICS = ("initial_loss", "final_loss", "final_w", "final_b", "optimal_loss")
+
+HISTORY_COLUMNS = ("run_id", "key", "step", "value")
+_BULK_CHUNK = 500  # run ids per bulk query: well under SQLite's limit on bound variables
+
+
+class AnalysisError(Exception):
+    """A problem the user can fix (a wrong name, an empty selection); its message says how."""
+
+
+class StoreNotFound(AnalysisError):
+    pass
+
+
+class ExperimentNotFound(AnalysisError):
+    pass
+
+
+class SweepNotFound(AnalysisError):
+    pass
+
+
+class NoRuns(AnalysisError):
+    pass
+
+
+def open_store(tracking_uri: str | None = None) -> tuple[str, MlflowClient]:
+    """(uri, client) of the store; a SQLite file that does not exist is an error (MLflow would
+    silently create an empty one)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if path != ":memory:" and not Path(path).is_file():
+            raise StoreNotFound(
+                f"No MLflow store at {path}: run gdexp in this folder first, or pass "
+                "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store it logged to."
+            )
+    return uri, MlflowClient(tracking_uri=uri)
+
+
+def get_experiment_id(client: MlflowClient, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    names = sorted(e.name for e in client.search_experiments())
+    there = ", ".join(repr(n) for n in names) if names else "none"
+    raise ExperimentNotFound(f"No experiment {experiment!r} in this store; experiments: {there}.")
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=10_000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _sweep_filter() -> str:
+    return f"tags.`{SWEEP_KIND_TAG}` = 'sweep'"
+
+
+def _describe_sweeps(parents: Sequence[Run], limit: int = 8) -> str:
+    if not parents:
+        return "there are no sweeps in this experiment"
+    shown = "; ".join(f"{p.info.run_name!r} (id {p.info.run_id})" for p in parents[:limit])
+    more = f"; and {len(parents) - limit} more" if len(parents) > limit else ""
+    return f"sweeps, latest first: {shown}{more}"
+
+
+def find_sweep(client: MlflowClient, experiment_id: str, sweep: str) -> Run:
+    """The sweep parent run `sweep` names: a run id, a run name, or "latest"."""
+    parents = _search_all(client, experiment_id, _sweep_filter())  # latest first
+    if sweep == LATEST:
+        if not parents:
+            raise SweepNotFound("No sweep in this experiment; run one with `python -m gdexp -m`.")
+        return parents[0]
+    by_id = [p for p in parents if p.info.run_id == sweep]
+    if by_id:
+        return by_id[0]
+    by_name = [p for p in parents if p.info.run_name == sweep]
+    if len(by_name) > 1:
+        ids = ", ".join(p.info.run_id for p in by_name)
+        raise SweepNotFound(f"{len(by_name)} sweeps are named {sweep!r}; pick one by id: {ids}.")
+    if by_name:
+        return by_name[0]
+    raise SweepNotFound(f"No sweep {sweep!r}; {_describe_sweeps(parents)}.")
+
+
+def _number(text: str | None, kind: type) -> Any:
+    if text is None or text == "None":
+        return None
+    if kind is bool:
+        return text.strip().lower() == "true"
+    if kind is int:
+        return int(float(text)) if "." in text or "e" in text.lower() else int(text)
+    return kind(text)
+
+
+_KINDS = {"object": str, "float64": float, "int64": int, "bool": bool}
+
+
+def _row(run: Run) -> dict[str, Any] | None:
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    if any(key not in params for key in _REQUIRED_PARAMS):
+        return None
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "parent_run_id": tags.get(PARENT_TAG),
+        "status": run.info.status,
+        "outcome": tags.get("outcome"),
+    }
+    for column, param in _PARAM_COLUMNS.items():
+        row[column] = _number(params.get(param), _KINDS[RUN_COLUMNS[column]])
+    n = row["n_points"]
+    batch = _number(params.get("method.batch_size"), int)
+    row["batch_size"] = min(batch or n, n)
+    for key in _FINAL_METRICS:
+        row[key] = metrics.get(key, math.nan)
+    diverged_at = metrics.get("diverged_at_epoch")
+    row["diverged_at_epoch"] = None if diverged_at is None else int(diverged_at)
+    # Non-finite values are never logged: a diverged run without a final loss blew up.
+    blew_up = diverged_at is not None or row["outcome"] == "diverged"
+    if "final_loss" not in metrics and blew_up:
+        row["final_loss"] = math.inf
+    row["start_time"] = run.info.start_time
+    return row
+
+
+def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """`load_runs`'s frame from MLflow Run objects (runs without gdexp's params are left out)."""
+    rows, skipped = [], []
+    for run in runs:
+        row = _row(run)
+        if row is None:
+            skipped.append(run.info.run_id)
+        else:
+            rows.append(row)
+    if skipped:
+        log.warning("Left out %d runs without gdexp's config params: %s", len(skipped), skipped)
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    for column, dtype in RUN_COLUMNS.items():
+        if column == "start_time":
+            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(dtype)
+        elif dtype == "object":
+            frame[column] = frame[column].astype(object)
+        else:
+            frame[column] = frame[column].astype(dtype)
+    frame = frame.sort_values(["method", "step_size", "seed", "start_time"], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def load_runs(
+    experiment: str = "gdexp", sweep: str | None = None, tracking_uri: str | None = None
+) -> pd.DataFrame:
+    """One row per run (columns and dtypes: `RUN_COLUMNS`).
+
+    `sweep` selects the child runs of one sweep parent: its run id, its run name, or "latest"
+    (the most recently started sweep). None takes every run of the experiment that is not a
+    sweep parent. Raises an `AnalysisError` subclass when the store, experiment or sweep does not
+    exist or holds no runs; the message lists what does exist.
+
+    `frame.attrs` records where the runs came from: tracking_uri, experiment, experiment_id and
+    sweep (None, or a dict with the parent's run_id, run_name, command and sweep_dir).
+    """
+    uri, client = open_store(tracking_uri)
+    experiment_id = get_experiment_id(client, experiment)
+    parent: Run | None = None
+    if sweep is None:
+        found = [r for r in _search_all(client, experiment_id) if not _is_sweep(r)]
+        if not found:
+            raise NoRuns(f"Experiment {experiment!r} holds no runs yet.")
+    else:
+        parent = find_sweep(client, experiment_id, sweep)
+        found = _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        if not found:
+            others = [
+                p
+                for p in _search_all(client, experiment_id, _sweep_filter())
+                if p.info.run_id != parent.info.run_id
+            ]
+            raise NoRuns(
+                f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
+                f"other {_describe_sweeps(others)}."
+            )
+    frame = runs_frame(found)
+    if frame.empty:
+        raise NoRuns(f"None of the {len(found)} runs selected has gdexp's config params.")
+    frame.attrs = {
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "experiment_id": experiment_id,
+        "sweep": None if parent is None else _sweep_info(parent),
+    }
+    return frame
+
+
+def _is_sweep(run: Run) -> bool:
+    return run.data.tags.get(SWEEP_KIND_TAG) == "sweep"
+
+
+def _sweep_info(parent: Run) -> dict[str, Any]:
+    tags = parent.data.tags
+    return {
+        "run_id": parent.info.run_id,
+        "run_name": parent.info.run_name,
+        "command": tags.get("command"),
+        "sweep_dir": tags.get("sweep_dir"),
+        "status": parent.info.status,
+    }
+
+
+def _run_ids(runs: pd.DataFrame | Iterable[str]) -> list[str]:
+    if isinstance(runs, pd.DataFrame):
+        return [str(r) for r in runs["run_id"]]
+    return [str(r) for r in runs]
+
+
+def _store(client: MlflowClient) -> Any:
+    # MlflowClient does not expose its store; the MLflow server reaches the same object to answer
+    # its own bulk history endpoint (mlflow.server.handlers.get_metric_history_bulk_handler).
+    return getattr(getattr(client, "_tracking_client", None), "store", None)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection while the ORM builds thousands of row objects, none of them
+    garbage: the collector's passes over them cost more than the query itself (2-3x)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _bulk_histories(store: Any, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    parts = []
+    for key in keys:
+        for start in range(0, len(run_ids), _BULK_CHUNK):
+            chunk = list(run_ids[start : start + _BULK_CHUNK])
+            with _gc_paused():
+                found = store.get_metric_history_bulk(chunk, key, max_results=2**62)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "run_id": [m.run_id for m in found],
+                        "key": key,
+                        "step": np.fromiter((m.step for m in found), np.int64, len(found)),
+                        "value": np.fromiter((m.value for m in found), np.float64, len(found)),
+                        "timestamp": np.fromiter((m.timestamp for m in found), np.int64),
+                    }
+                )
+            )
+    return pd.concat(parts, ignore_index=True) if parts else _empty_history(with_time=True)
+
+
+def _threaded_histories(
+    client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str], max_workers: int
+) -> pd.DataFrame:
+    pairs = [(run_id, key) for key in keys for run_id in run_ids]
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        results = list(pool.map(lambda p: client.get_metric_history(*p), pairs))
+    rows = [
+        (run_id, key, m.step, m.value, m.timestamp)
+        for (run_id, key), history in zip(pairs, results, strict=True)
+        for m in history
+    ]
+    if not rows:
+        return _empty_history(with_time=True)
+    return pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, "timestamp"])
+
+
+def _empty_history(with_time: bool = False) -> pd.DataFrame:
+    columns = [*HISTORY_COLUMNS, "timestamp"] if with_time else list(HISTORY_COLUMNS)
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype="int64"
+                if c in ("step", "timestamp")
+                else ("float64" if c == "value" else object)
+            )
+            for c in columns
+        }
+    )
+
+
+def load_histories(
+    runs: pd.DataFrame | Iterable[str],
+    keys: Sequence[str] = ("loss",),
+    tracking_uri: str | None = None,
+    *,
+    bulk: bool | None = None,
+    max_workers: int = 8,
+) -> pd.DataFrame:
+    """Metric histories in long form: columns run_id, key, step (int64), value (float64).
+
+    `runs` is a `load_runs` frame (its store is taken from `runs.attrs`) or run ids. Rows are
+    ordered as the runs, then by key (in `keys` order) and step; a value logged twice at one step
+    counts once (the later). `bulk`: None uses the SQL store's bulk query when the store has one
+    and a thread pool of per-run queries otherwise; True / False force either.
+    """
+    if isinstance(runs, str):
+        raise TypeError("runs must be a load_runs frame or a list of run ids, not one string")
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if tracking_uri is None and isinstance(runs, pd.DataFrame):
+        tracking_uri = runs.attrs.get("tracking_uri")
+    run_ids = _run_ids(runs)
+    _, client = open_store(tracking_uri)
+    if not run_ids or not keys:
+        return _empty_history()
+    store = _store(client)
+    has_bulk = hasattr(store, "get_metric_history_bulk")
+    if bulk and not has_bulk:
+        raise AnalysisError(f"The store {type(store).__name__} has no bulk history query.")
+    if bulk or (bulk is None and has_bulk):
+        found = _bulk_histories(store, run_ids, keys)
+    else:
+        found = _threaded_histories(client, run_ids, keys, max_workers)
+    run_order = {run_id: i for i, run_id in enumerate(dict.fromkeys(run_ids))}
+    key_order = {key: i for i, key in enumerate(keys)}
+    found = found.assign(
+        _run=found["run_id"].map(run_order), _key=found["key"].map(key_order)
+    ).sort_values(["_run", "_key", "step", "timestamp"], kind="stable")
+    found = found.drop_duplicates(["run_id", "key", "step"], keep="last")
+    frame = found[list(HISTORY_COLUMNS)].reset_index(drop=True)
+    return frame.astype({"run_id": object, "key": object, "step": "int64", "value": "float64"})
+
+
+def run_config(row: Mapping[str, Any] | pd.Series) -> DictConfig:
+    """The run config (gdexp.config.RunConfig) of one `load_runs` row, e.g. for gdexp.theory.
+
+    The batch size is the effective one, so bgd's comes back as n_points rather than null; the
+    training and theory code treat both alike.
+    """
+    values = {
+        "method": {
+            "name": row["method"],
+            "batch_size": int(row["batch_size"]),
+            "shuffle": bool(row["shuffle"]),
+        },
+        "step_size": float(row["step_size"]),
+        "epochs": int(row["epochs"]),
+        "seed": int(row["seed"]),
+        "dtype": str(row["dtype"]),
+        "convergence_tolerance": float(row["convergence_tolerance"]),
+        "data": {
+            "n_points": int(row["n_points"]),
+            "x_start": float(row["x_start"]),
+            "x_step": float(row["x_step"]),
+            "slope": float(row["slope"]),
+            "intercept": float(row["intercept"]),
+            "noise_std": float(row["noise_std"]),
+        },
+        "init": {"w": float(row["init_w"]), "b": float(row["init_b"])},
+    }
+    return OmegaConf.merge(OmegaConf.structured(RunConfig), values)
+
+
+THEORY_COLUMNS = (
+    "run_id",
+    "method",
+    "step_size",
+    "seed",
+    "batch_size",
+    "bgd_threshold",
+    "sgd_threshold",
+    "spectral_radius",
+    "transient_gain",
+    "fixed_point_w",
+    "fixed_point_b",
+    "fixed_point_loss",
+    "stable",
+    "verdict",
+)
+
+
+def theory_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """gdexp.theory's prediction for each run, one row per run (columns `THEORY_COLUMNS`)."""
+    from gdexp import theory  # imported late: it builds data with torch
+
+    predictions = theory.predict_many([run_config(row) for _, row in runs.iterrows()])
+    rows = [
+        {
+            "run_id": run_id,
+            "method": p.method,
+            "step_size": p.step_size,
+            "seed": int(seed),
+            "batch_size": p.batch_size,
+            "bgd_threshold": p.bgd_threshold,
+            "sgd_threshold": p.sgd_threshold,
+            "spectral_radius": p.epoch_map.spectral_radius,
+            "transient_gain": p.epoch_map.transient_gain,
+            "fixed_point_w": p.epoch_map.fixed_point_w,
+            "fixed_point_b": p.epoch_map.fixed_point_b,
+            "fixed_point_loss": p.epoch_map.fixed_point_loss,
+            "stable": bool(p.epoch_map.stable),
+            "verdict": p.verdict,
+        }
+        for run_id, seed, p in zip(runs["run_id"], runs["seed"], predictions, strict=True)
+    ]
+    return pd.DataFrame(rows, columns=list(THEORY_COLUMNS))
