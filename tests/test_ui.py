@@ -87,7 +87,7 @@ def free_port() -> int:
 
 
 def printed_ui_address(output: str) -> str:
-    found = re.findall(r"MLflow UI[^:]*: (http\S+)", output)
+    found = re.findall(r"MLflow UI.*?: (http\S+)", output)
     assert found, f"gdexp printed no 'MLflow UI: <address>' line:\n{output}"
     return found[-1]
 
