@@ -1,0 +1,273 @@
+"""Sweep speed, side by side in one run: the newcomer baseline, gdexp per job, gdexp batched,
+and the floors (the compute alone; MLflow run creation + one batch per run alone).
+
+python benchmarks/sweeps.py            # both grids, about 5 minutes on 2 cores
+python benchmarks/sweeps.py --quick    # tiny grids, a smoke run
+
+Every variant starts from a fresh SQLite store in its own temp folder, and every count of runs
+is checked before a time is reported. Times are wall-clock seconds; commands run as
+subprocesses include Python's start-up, as a user's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Grid:
+    name: str
+    methods: list[str]
+    step_sizes: list[float]
+    seeds: list[int]
+    epochs: int
+    log_step_loss: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.methods) * len(self.step_sizes) * len(self.seeds)
+
+    def overrides(self) -> list[str]:
+        return [
+            f"method={','.join(self.methods)}",
+            "step_size=" + ",".join(f"{s:.6g}" for s in self.step_sizes),
+            "seed=" + ",".join(map(str, self.seeds)),
+            f"epochs={self.epochs}",
+            f"tracking.log_step_loss={str(self.log_step_loss).lower()}",
+        ]
+
+    def slice(self, n_step_sizes: int) -> Grid:
+        return Grid(
+            f"{self.name} (slice)", self.methods, self.step_sizes[:n_step_sizes], self.seeds,
+            self.epochs, self.log_step_loss,
+        )  # fmt: skip
+
+
+@dataclass
+class Row:
+    grid: str
+    variant: str
+    runs: int
+    seconds: float
+    extrapolated_to: int | None = None  # measured on a slice, per-run time scaled to this many
+
+    @property
+    def per_run_ms(self) -> float:
+        return 1000 * self.seconds / self.runs
+
+    @property
+    def full_seconds(self) -> float:
+        return self.per_run_ms / 1000 * (self.extrapolated_to or self.runs)
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GDEXP_"))}
+    env["HYDRA_FULL_ERROR"] = "1"
+    return env
+
+
+def count_runs(folder: Path, experiment: str) -> int:
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=50_000) if found else []
+    return sum(1 for r in runs if r.data.tags.get("gdexp.kind") != "sweep")
+
+
+def timed_command(args: list[str], expected_runs: int, experiment: str) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        done = subprocess.run(args, cwd=folder, env=environment(), capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        runs = count_runs(Path(folder), experiment)
+        if runs != expected_runs:
+            sys.exit(f"{' '.join(args)} logged {runs} runs, expected {expected_runs}")
+        return seconds
+
+
+def newcomer(grid: Grid) -> float:
+    args = [
+        sys.executable, str(REPO / "benchmarks" / "newcomer.py"),
+        "--methods", ",".join(grid.methods),
+        "--step-sizes", ",".join(f"{s:.6g}" for s in grid.step_sizes),
+        "--seeds", ",".join(map(str, grid.seeds)), "--epochs", str(grid.epochs),
+    ] + ([] if grid.log_step_loss else ["--no-step-loss"])  # fmt: skip
+    return timed_command(args, grid.size, "newcomer")
+
+
+def gdexp(grid: Grid, *extra: str) -> float:
+    return timed_command(
+        [sys.executable, "-m", "gdexp", "-m", *grid.overrides(), *extra], grid.size, "gdexp"
+    )
+
+
+def configs(grid: Grid) -> list:
+    from gdexp.config import MethodConfig, RunConfig
+
+    batch = {"bgd": None, "sgd": 1, "minibatch": 10}
+    return [
+        OmegaConf.structured(
+            RunConfig(
+                method=MethodConfig(name=m, batch_size=batch[m]),
+                step_size=s, seed=seed, epochs=grid.epochs,
+            )
+        )
+        for m in grid.methods for s in grid.step_sizes for seed in grid.seeds
+    ]  # fmt: skip
+
+
+def floor_compute(grid: Grid) -> float:
+    """The grid's training alone, batched, in this process (data made beforehand)."""
+    from gdexp.experiment import make_run_data
+    from gdexp.train import TrainSettings, train_many
+
+    cfgs = configs(grid)
+    groups: dict[tuple, list] = {}
+    for cfg in cfgs:
+        settings = TrainSettings.of(cfg)
+        groups.setdefault(settings.signature, []).append((settings, make_run_data(cfg)))
+    train_many(*zip(*next(iter(groups.values())), strict=True))  # warm-up: torch's first calls
+    start = time.perf_counter()
+    for members in groups.values():
+        settings, data = zip(*members, strict=True)
+        train_many(settings, data)
+    return time.perf_counter() - start
+
+
+def floor_mlflow(grid: Grid) -> float:
+    """MLflow alone: per run, create it, log the same params and metrics in one batch, end it."""
+    from gdexp import tracking
+    from gdexp.experiment import make_run_data
+    from gdexp.outcome import summarize
+    from gdexp.train import train
+
+    cfgs = configs(grid)
+    payloads = []
+    for cfg in cfgs[: len(grid.methods)]:  # one payload per method, reused across its runs
+        data = make_run_data(cfg)
+        trajectory = train(cfg, data)
+        summary = summarize(trajectory, data, cfg.convergence_tolerance)
+        payloads.append(
+            (
+                tracking.config_params(cfg),
+                tracking.finite_metrics("step_size", [cfg.step_size])
+                + tracking.result_metrics(trajectory, summary, grid.log_step_loss),
+                tracking.result_tags(summary, "description"),
+            )
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        tracker = tracking.Tracker(f"sqlite:///{folder}/mlflow.db", "floor")
+        start = time.perf_counter()
+        for i in range(grid.size):
+            params, metrics, tags = payloads[i % len(payloads)]
+            run_id = tracker.start_run(f"run {i}")
+            tracker.log(run_id, params=params, metrics=metrics, tags=tags)
+            tracker.end_run(run_id, "FINISHED")
+        return time.perf_counter() - start
+
+
+def measure(reference: Grid, dense: Grid, basic_slice: int, newcomer_slice: int) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(grid: Grid, variant: str, run: Callable[[], float], runs: int, full: int | None = None):
+        print(f"  {grid.name}: {variant} ...", file=sys.stderr, flush=True)
+        rows.append(Row(grid.name, variant, runs, run(), full))
+
+    for grid in (reference, dense):
+        sliced_newcomer = grid.slice(newcomer_slice) if grid is dense else grid
+        sliced_basic = grid.slice(basic_slice) if grid is dense else grid
+        add(grid, "newcomer: log_metric per value", lambda g=sliced_newcomer: newcomer(g),
+            sliced_newcomer.size, grid.size if grid is dense else None)  # fmt: skip
+        add(grid, "gdexp, basic launcher", lambda g=sliced_basic: gdexp(g), sliced_basic.size,
+            grid.size if grid is dense else None)  # fmt: skip
+        add(grid, "gdexp, batched", lambda g=grid: gdexp(g, "hydra/launcher=batched"), grid.size)
+        add(grid, "floor: compute only", lambda g=grid: floor_compute(g), grid.size)
+        add(grid, "floor: MLflow only", lambda g=grid: floor_mlflow(g), grid.size)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| grid | variant | runs | wall s | per run ms | vs newcomer | vs MLflow floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        same = [r for r in rows if r.grid == row.grid]
+        baseline = next(r for r in same if r.variant.startswith("newcomer"))
+        floor = next(r for r in same if r.variant == "floor: MLflow only")
+        runs = f"{row.runs}" + (f" of {row.extrapolated_to}" if row.extrapolated_to else "")
+        lines.append(
+            f"| {row.grid} | {row.variant} | {runs} | {row.seconds:.2f} | {row.per_run_ms:.1f} "
+            f"| {baseline.full_seconds / row.full_seconds:.1f}× faster "
+            f"| {row.full_seconds / floor.full_seconds:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row], reference: Grid, dense: Grid) -> list[str]:
+    def get(grid: Grid, variant: str) -> Row:
+        return next(r for r in rows if r.grid == grid.name and r.variant == variant)
+
+    newcomer_ref = get(reference, "newcomer: log_metric per value").full_seconds
+    best_ref = min(
+        get(reference, v).full_seconds for v in ("gdexp, basic launcher", "gdexp, batched")
+    )
+    dense_ratio = get(dense, "gdexp, batched").seconds / get(dense, "floor: MLflow only").seconds
+    compute = get(dense, "floor: compute only").seconds
+    return [
+        f"reference grid: gdexp {newcomer_ref / best_ref:.1f}× faster than the newcomer baseline "
+        f"(target ≥ 20×)",
+        f"dense grid ({dense.size} configs): gdexp batched end to end = {dense_ratio:.2f}× "
+        f"the MLflow floor (target ≤ 1.5×)",
+        f"batched compute, {dense.size} configs × {dense.epochs} epochs: {compute:.2f} s "
+        f"(target < 1 s for 1,000 SGD configs × 20 epochs × 100 samples)",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny grids: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        reference = Grid("reference", ["bgd", "sgd"], [0.01, 0.1], [0], 5, True)
+        dense = Grid(
+            "dense", ["sgd"], [float(s) for s in np.geomspace(1e-4, 1, 10)], [0, 1], 5, False
+        )
+        rows = measure(reference, dense, basic_slice=2, newcomer_slice=2)
+    else:
+        reference = Grid("reference", ["bgd", "sgd"], [0.001, 0.01, 0.05, 0.1], [0, 1], 20, True)
+        dense = Grid(
+            "dense",
+            ["sgd"],
+            [float(s) for s in np.geomspace(1e-4, 1, 100)],
+            list(range(10)),
+            20,
+            False,
+        )
+        rows = measure(reference, dense, basic_slice=10, newcomer_slice=2)
+    print(table(rows))
+    print()
+    print("Per-run times of rows marked 'N of M' were measured on N runs and scaled to M.")
+    for line in verdicts(rows, reference, dense):
+        print("-", line)
+
+
+if __name__ == "__main__":
+    main()
