@@ -255,7 +255,7 @@ def step_size_map(
             )
             top_rows.append(method)
 
-    sgd = theory[(theory["method"] == "sgd")]
+    sgd = theory[(theory["method"] == "sgd") & theory["stable"]]
     if not sgd.empty:
         predicted = sgd.groupby("step_size")["fixed_point_loss"].median().sort_index()
         ax.plot(

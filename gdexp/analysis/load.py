@@ -157,12 +157,14 @@ def _sweep_filter() -> str:
     return f"tags.`{SWEEP_KIND_TAG}` = 'sweep'"
 
 
-def _describe_sweeps(parents: Sequence[Run], limit: int = 8) -> str:
+def _describe_sweeps(parents: Sequence[Run], other: bool = False, limit: int = 8) -> str:
+    """The sweeps, latest first, by name and id: for error messages."""
+    words = "other sweeps" if other else "sweeps"
     if not parents:
-        return "there are no sweeps in this experiment"
+        return f"there are no {words} in this experiment"
     shown = "; ".join(f"{p.info.run_name!r} (id {p.info.run_id})" for p in parents[:limit])
     more = f"; and {len(parents) - limit} more" if len(parents) > limit else ""
-    return f"sweeps, latest first: {shown}{more}"
+    return f"{words}, latest first: {shown}{more}"
 
 
 def find_sweep(client: MlflowClient, experiment_id: str, sweep: str) -> Run:
@@ -279,7 +281,7 @@ def load_runs(
             ]
             raise NoRuns(
                 f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
-                f"other {_describe_sweeps(others)}."
+                f"{_describe_sweeps(others, other=True)}."
             )
     frame = runs_frame(found)
     if frame.empty:

@@ -39,6 +39,7 @@ FIGURES = {
     "parameter_path": "Parameter paths over the loss contours",
 }
 OUTCOMES = ("converged", "converging", "diverged")
+FAILED_STATUSES = ("FAILED", "KILLED")
 SUMMARY_COLUMNS = (
     "method",
     "step_size",
@@ -71,7 +72,7 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
     `SUMMARY_COLUMNS`).
 
     runs / seeds: how many runs and distinct seeds; converged / converging / diverged: the share
-    of the runs with that outcome (0-1); failed: runs whose status is not FINISHED;
+    of the runs with that outcome (0-1); failed: runs FAILED or KILLED;
     median_final_loss over the runs (inf if most blew up); final w and b mean and sample sd;
     theory_*: gdexp.theory's verdict (one, or "mixed: ..." if seeds differ), the median
     predicted fixed-point loss (NaN where the epoch map is unstable) and spectral radius ρ(M).
@@ -92,7 +93,7 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
                     "runs": n,
                     "seeds": cell["seed"].nunique(),
                     **{o: float((cell["outcome"] == o).sum()) / n for o in OUTCOMES},
-                    "failed": int((cell["status"] != "FINISHED").sum()),
+                    "failed": int(cell["status"].isin(FAILED_STATUSES).sum()),
                     "median_final_loss": float(cell["final_loss"].median()),
                     "final_w_mean": float(cell["final_w"].mean()),
                     "final_w_sd": float(cell["final_w"].std()),
@@ -269,11 +270,11 @@ def _report_text(
     where = f" in experiment `{attrs.get('experiment', '?')}` of `{attrs.get('tracking_uri', '?')}`"
     counts = runs["outcome"].value_counts()
     tally = ", ".join(f"{int(counts.get(o, 0))} {o}" for o in OUTCOMES)
-    failed = int((runs["status"] != "FINISHED").sum())
+    failed = int(runs["status"].isin(FAILED_STATUSES).sum())
     lines = [
         title,
         "",
-        f"{source}{where}: {len(runs)} runs ({tally}; {failed} not finished).",
+        f"{source}{where}: {len(runs)} runs ({tally}; {failed} failed or killed).",
         "",
         "## Summary per method and step size",
         "",
