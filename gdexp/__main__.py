@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,5 +29,24 @@ def main(cfg: DictConfig) -> dict:
     return asdict(summary)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Once is enough: a second SIGTERM must not cut short the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def cli() -> None:
+    """The command: SIGTERM is handled like Ctrl-C, so that runs in flight end as KILLED."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "Interrupted: the runs in flight are marked KILLED. "
+            "Run the same command again to resume.\n"
+        )
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -57,6 +57,10 @@ class TrackingConfig:
     enabled: bool = True
     # Per-update batch losses as the `step_loss` metric; dense sweeps may turn it off.
     log_step_loss: bool = True
+    # Skip sweep jobs whose config already has a FINISHED run in the experiment.
+    resume: bool = True
+    # How long to keep retrying a tracking server that does not answer, before a run fails.
+    retry_seconds: float = 60.0
 
 
 @dataclass
@@ -114,6 +118,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
             cfg.convergence_tolerance,
             _finite(cfg.convergence_tolerance) and 0 < cfg.convergence_tolerance < 1,
             "a number strictly between 0 and 1",
+        ),
+        (
+            "tracking.retry_seconds",
+            cfg.tracking.retry_seconds,
+            _finite(cfg.tracking.retry_seconds) and cfg.tracking.retry_seconds >= 0,
+            "a finite number of seconds >= 0",
         ),
     ]
     for key in ("data.x_start", "data.x_step", "data.slope", "data.intercept", "init.w", "init.b"):

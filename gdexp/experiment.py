@@ -55,6 +55,12 @@ def describe(cfg: DictConfig, summary: RunSummary) -> str:
     )
 
 
+def run_tags(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
+    from gdexp import tracking
+
+    return {"overrides": " ".join(overrides), tracking.CONFIG_HASH_TAG: tracking.config_hash(cfg)}
+
+
 def make_run_data(cfg: DictConfig) -> Dataset:
     return make_dataset(cfg.data, random_streams(cfg.seed).data, torch_dtype(cfg.dtype))
 
@@ -74,6 +80,7 @@ def open_tracker(cfg: DictConfig) -> tuple[Tracker, str | None]:
     # Imported here so that training without tracking never loads MLflow.
     from gdexp import tracking
 
+    tracking.configure_retries(cfg.tracking.retry_seconds)
     parent = os.environ.get(tracking.SWEEP_RUN_ID_ENV)
     uri = (
         os.environ[tracking.SWEEP_TRACKING_URI_ENV]
@@ -92,7 +99,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary
     from gdexp import tracking
 
     tracker, parent = open_tracker(cfg)
-    with tracker.run(run_name(cfg), parent, tags={"overrides": " ".join(overrides)}) as run_id:
+    with tracker.run(run_name(cfg), parent, run_tags(cfg, overrides)) as run_id:
         tracking.log_run_config(tracker, run_id, cfg)
         trajectory = train(cfg, data, _log_epoch)
         summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
@@ -160,8 +167,7 @@ def _finish(
             if isinstance(trajectory, Exception):
                 raise trajectory
             return summarize(trajectory, data, cfg.convergence_tolerance)
-        tags = {"overrides": " ".join(overrides)}
-        with tracker.run(run_name(cfg), parent, tags) as run_id:
+        with tracker.run(run_name(cfg), parent, run_tags(cfg, overrides)) as run_id:
             if isinstance(trajectory, Exception):
                 tracking.log_run_config(tracker, run_id, cfg)
                 raise trajectory

@@ -6,14 +6,23 @@ Everything is logged through `MlflowClient.log_batch` in chunks MLflow accepts (
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import os
+import platform
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +33,12 @@ from gdexp.train import Trajectory
 # Set by the sweeper for the jobs of a multirun: the sweep's parent run and its store.
 SWEEP_RUN_ID_ENV = "GDEXP_SWEEP_RUN_ID"
 SWEEP_TRACKING_URI_ENV = "GDEXP_SWEEP_TRACKING_URI"
+
+CONFIG_HASH_TAG = "gdexp.config_hash"
+SWEEP_HASH_TAG = "gdexp.sweep_hash"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Settings that say where and how a run is tracked, not what it computes.
+_NOT_IDENTITY = ("uri", "experiment", "enabled", "resume", "retry_seconds")
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -46,6 +61,60 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+class TrackingUnavailable(CompactHydraException):
+    """The MLflow store cannot be reached or written; said in one line, before any training."""
+
+
+def command_line() -> str:
+    return "python -m gdexp " + shlex.join(sys.argv[1:])
+
+
+@functools.cache
+def provenance_tags() -> dict[str, str]:
+    """What made a run: the project's commit (and whether it had uncommitted changes), the
+    command, and the versions that matter for its numbers."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mlflow.source.git.commit": commit or "unknown",
+        "gdexp.git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
+        "command": command_line(),
+        "versions.python": platform.python_version(),
+        **{f"versions.{p}": version(p) for p in ("torch", "hydra-core", "mlflow", "gdexp")},
+    }
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A run's identity for resuming: its resolved config, less where it is tracked."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tree.pop("hydra", None)
+    for key in _NOT_IDENTITY:
+        tree.get("tracking", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def configure_retries(retry_seconds: float) -> None:
+    """Bound how long MLflow's HTTP client retries a server that does not answer: exponential
+    backoff 1, 2, 4, ... s, as many retries as fit in `retry_seconds`."""
+    retries = 0
+    while 2 ** (retries + 1) - 1 <= retry_seconds:
+        retries += 1
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(min(max(retry_seconds, 5), 30)))
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}, the dotted keys Hydra overrides use."""
     flat: dict[str, Any] = {}
@@ -55,6 +124,20 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _check_server(uri: str) -> None:
+    """Fail in one line, at once, when nothing answers at a server address (MLflow's client would
+    retry for minutes first)."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10)
+    except requests.RequestException as error:
+        raise TrackingUnavailable(
+            f"Cannot reach the MLflow tracking server at {uri}: {type(error).__name__}. "
+            "Is it running? (`mlflow server --host ... --port ...`)"
+        ) from error
 
 
 def finite_metrics(
@@ -108,8 +191,15 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, client: MlflowClient | None = None) -> None:
         self.uri = uri
-        self.client = client or MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._ensure_experiment(experiment)
+        if uri.startswith(("http://", "https://")):
+            _check_server(uri)
+        try:
+            self.client = client or MlflowClient(tracking_uri=uri)
+            self.experiment_id = self._ensure_experiment(experiment)
+        except Exception as error:
+            lines = str(error).strip().splitlines()
+            reason = lines[0] if lines else type(error).__name__
+            raise TrackingUnavailable(f"Cannot use the MLflow store {uri}: {reason}") from error
 
     def _ensure_experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -131,7 +221,7 @@ class Tracker:
     def start_run(
         self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
     ) -> str:
-        all_tags = dict(tags or {})
+        all_tags = {**provenance_tags(), **(tags or {})}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -164,6 +254,32 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def search(self, filter_string: str) -> list:
+        """Every run of the experiment that matches, all pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string, max_results=10_000, page_token=token
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def finished_configs(self) -> dict[str, Any]:
+        """FINISHED runs by config hash: what a resumed sweep need not run again."""
+        runs = self.search("attributes.status = 'FINISHED'")
+        return {r.data.tags[CONFIG_HASH_TAG]: r for r in runs if CONFIG_HASH_TAG in r.data.tags}
+
+    def kill_unfinished_children(self, parent_run_id: str) -> int:
+        """Mark KILLED the runs of a sweep still RUNNING (jobs a launcher tore down)."""
+        running = self.search(
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        )
+        for run in running:
+            self.end_run(run.info.run_id, "KILLED")
+        return len(running)
 
     @contextmanager
     def run(

@@ -7,10 +7,9 @@ children. A job that raises leaves its own run FAILED; the others go on, and the
 non-zero at the end, naming the jobs that failed.
 """
 
+import hashlib
 import logging
 import os
-import shlex
-import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -69,10 +68,6 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def sweep_command() -> str:
-    return "python -m gdexp " + shlex.join(sys.argv[1:])
-
-
 def describe_sweep(
     command: str, grid: Mapping[str, str], n_jobs: int, counts: Mapping[str, int], failed: int
 ) -> str:
@@ -127,26 +122,40 @@ class TrackedSweeper(BasicSweeper):
             return self._launch_all()
 
         # The store and experiment are set up here, once, before any job can race to create them.
+        tracking.configure_retries(first.tracking.retry_seconds)
         tracker = tracking.Tracker(
             tracking.resolve_tracking_uri(first.tracking.uri), first.tracking.experiment
         )
+        hashes = [tracking.config_hash(cfg) for cfg in configs]
+        sweep_hash = hashlib.sha256(" ".join(sorted(hashes)).encode()).hexdigest()[:32]
+        finished = tracker.finished_configs() if first.tracking.resume else {}
+        todo = [i for i, h in enumerate(hashes) if h not in finished]
+        self._plan([jobs[i] for i in todo])
         grid = {
             o.get_key_element(): ",".join(str(v) for v in o.sweep_string_iterator())
             for o in overrides
             if o.is_sweep_override()
         }
-        command = sweep_command()
-        parent = tracker.start_run(
-            f"sweep {sweep_dir.name} ({len(jobs)} runs)",
-            tags={
-                "gdexp.kind": "sweep",
-                "command": command,
-                "sweep_dir": str(sweep_dir.resolve()),
-                "n_runs": str(len(jobs)),
-                **{f"grid.{key}": values for key, values in grid.items()},
-            },
-        )
-        log.info("Sweep of %d runs, MLflow parent run %s in %s", len(jobs), parent, tracker.uri)
+        command = tracking.command_line()
+        parent = self._parent_run(tracker, sweep_hash, first.tracking.resume)
+        if parent is None:
+            parent = tracker.start_run(
+                f"sweep {sweep_dir.name} ({len(jobs)} runs)",
+                tags={
+                    "gdexp.kind": "sweep",
+                    tracking.SWEEP_HASH_TAG: sweep_hash,
+                    "sweep_dir": str(sweep_dir.resolve()),
+                    "n_runs": str(len(jobs)),
+                    **{f"grid.{key}": values for key, values in grid.items()},
+                },
+            )
+        if len(todo) < len(jobs):
+            log.info(
+                "Resuming: %d of %d runs already FINISHED in experiment '%s' are skipped; "
+                "running the other %d (tracking.resume=false runs them all).",
+                len(jobs) - len(todo), len(jobs), first.tracking.experiment, len(todo),
+            )  # fmt: skip
+        log.info("Sweep of %d runs, MLflow parent run %s in %s", len(todo), parent, tracker.uri)
         status = "KILLED"
         try:
             env = {tracking.SWEEP_RUN_ID_ENV: parent, tracking.SWEEP_TRACKING_URI_ENV: tracker.uri}
@@ -157,23 +166,54 @@ class TrackedSweeper(BasicSweeper):
             counts = Counter(
                 r.return_value["outcome"] for r in results if r.status == JobStatus.COMPLETED
             )
+            reused = set(hashes) & set(finished)
+            counts.update(finished[h].data.tags.get("outcome", "unknown") for h in reused)
+            # Every run of the sweep, those run now and those a resume reused from elsewhere.
+            run_ids = [r.return_value["run_id"] for r in results if r.status == JobStatus.COMPLETED]
+            run_ids += [finished[h].info.run_id for h in reused]
+            tracker.client.log_dict(parent, {"run_ids": sorted(run_ids)}, "sweep_runs.json")
             tracker.log(
                 parent,
                 tags={
                     tracking.NOTE_TAG: describe_sweep(
                         command, grid, len(jobs), counts, len(failed)
                     ),
+                    "command": command,
                     "failed_runs": str(len(failed)),
+                    "skipped_runs": str(len(jobs) - len(todo)),
                     **{f"runs_{outcome}": str(counts.get(outcome, 0)) for outcome in OUTCOMES},
                 },
             )
             status = "FAILED" if failed else "FINISHED"
         finally:
+            if status == "KILLED":  # interrupted: no run of this sweep may stay RUNNING
+                killed = tracker.kill_unfinished_children(parent)
+                log.error("Sweep interrupted: %d runs in flight marked KILLED.", killed)
             tracker.end_run(parent, status)
         log.info("Sweep done: %s. %s", dict(counts), tracker.ui_hint())
         if failed:
             raise SweepFailed(_failure_report(failed, len(results)))
         return returns
+
+    def _plan(self, jobs: list[Sequence[str]]) -> None:
+        """Launch these jobs (the ones not already done), in batches as configured."""
+        size = self.max_batch_size or max(len(jobs), 1)
+        self.overrides = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        self.batch_index = 0
+
+    @staticmethod
+    def _parent_run(tracker: Any, sweep_hash: str, resume: bool) -> Optional[str]:  # noqa: UP045
+        """The parent run of an earlier attempt at this very sweep, reopened, when resuming."""
+        if not resume:
+            return None
+        from gdexp import tracking
+
+        earlier = tracker.search(f"tags.`{tracking.SWEEP_HASH_TAG}` = '{sweep_hash}'")
+        if not earlier:
+            return None
+        parent = max(earlier, key=lambda run: run.info.start_time).info.run_id
+        tracker.client.update_run(parent, status="RUNNING")
+        return parent
 
     def _launch_all(self) -> list[Sequence[JobReturn]]:
         returns, first_index = [], 0

@@ -1,0 +1,152 @@
+"""Sweeps that survive: resume, interrupts, a store that is not there, provenance."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import REPO, clean_env
+
+
+def statuses(store) -> Counter:
+    return Counter(r.info.status for r in store.runs())
+
+
+def children(store) -> list:
+    return [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_rerunning_a_sweep_skips_finished_runs_and_runs_the_rest(gdexp_cli, store):
+    first = gdexp_cli("-m", "seed=0,1,2", "epochs=3")
+    assert first.returncode == 0, first.stderr
+    again = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")
+    assert again.returncode == 0, again.stderr
+    assert "Resuming: 3 of 5 runs already FINISHED" in again.stdout
+    runs = children(store)
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3", "4"]  # no repeats
+    # The same command once more: nothing left to run, and the sweep keeps its parent run.
+    third = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")
+    assert "Resuming: 5 of 5 runs already FINISHED" in third.stdout
+    parents = [r for r in store.runs() if r.data.tags.get("gdexp.kind") == "sweep"]
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    latest = max(parents, key=lambda r: r.info.start_time)
+    assert latest.data.tags["skipped_runs"] == "5"
+    listed = store.client.download_artifacts(
+        latest.info.run_id, "sweep_runs.json", str(store.folder)
+    )
+    assert len(set(Path(listed).read_text().split('"')) & {r.info.run_id for r in runs}) == 5
+    # A changed value is a different config: it runs.
+    fourth = gdexp_cli("-m", "seed=0,1", "epochs=4")
+    assert "Resuming" not in fourth.stdout
+    assert len(children(store)) == 7
+    # tracking.resume=false runs everything again.
+    fresh = gdexp_cli("-m", "seed=0,1", "epochs=4", "tracking.resume=false")
+    assert "Resuming" not in fresh.stdout
+    assert len(children(store)) == 9
+
+
+def start_sweep(folder: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gdexp", "-m", *args],
+        cwd=folder, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def wait_for(process: subprocess.Popen, text: str, count: int = 1, timeout: float = 120) -> str:
+    """Read the sweep's output until `text` has appeared `count` times."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "".join(seen).count(text) >= count:
+            return "".join(seen)
+    raise AssertionError(f"never saw {text!r} x{count}:\n{''.join(seen)[-3000:]}")
+
+
+SLOW_GRID = ("method=sgd", "seed=range(0,6)", "epochs=150")  # ~1 s a run
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_sweep_leaves_no_run_running_and_resumes(store, how):
+    sweep = start_sweep(store.folder, *SLOW_GRID)
+    wait_for(sweep, "epoch 100", count=3)  # the third run is in flight
+    sweep.send_signal(how)
+    output, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130
+    assert "Interrupted: the runs in flight are marked KILLED" in output
+    assert "Traceback" not in output
+    count = statuses(store)
+    assert count["RUNNING"] == 0
+    assert count["KILLED"] == 2  # the parent and the run in flight
+    assert count["FINISHED"] == 2
+
+    resumed = start_sweep(store.folder, *SLOW_GRID)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resuming: 2 of 6 runs already FINISHED" in output
+    finished = [r for r in children(store) if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.params["seed"]) for r in finished) == list(range(6))
+
+
+def test_a_hard_killed_run_is_run_again_on_resume(store):
+    sweep = start_sweep(store.folder, "method=sgd", "seed=0,1", "epochs=150")
+    wait_for(sweep, "epoch 100", count=2)
+    sweep.kill()  # SIGKILL: no cleanup at all
+    sweep.wait(timeout=30)
+    assert statuses(store)["RUNNING"] == 2  # the parent and the run in flight, left as they were
+    resumed = start_sweep(store.folder, "method=sgd", "seed=0,1", "epochs=150")
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, output
+    assert "Resuming: 1 of 2 runs already FINISHED" in output
+    done = Counter(r.data.params["seed"] for r in children(store) if r.info.status == "FINISHED")
+    assert done == {"0": 1, "1": 1}
+
+
+def test_an_unreachable_server_fails_in_one_line_before_training(gdexp_cli, store):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = gdexp_cli(f"tracking.uri=http://127.0.0.1:{port}")
+    assert done.returncode != 0
+    assert f"Cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+    sweep = gdexp_cli("-m", "seed=0,1", f"tracking.uri=http://127.0.0.1:{port}")
+    assert sweep.returncode != 0 and "Cannot reach the MLflow tracking server" in sweep.stderr
+    assert "Launching" not in sweep.stdout
+
+
+def test_an_unwritable_store_fails_in_one_line(gdexp_cli, store):
+    blocker = store.folder / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    done = gdexp_cli(f"tracking.uri=sqlite:///{blocker}/mlflow.db")
+    assert done.returncode != 0
+    assert f"Cannot use the MLflow store sqlite:///{blocker}/mlflow.db" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+
+
+def test_each_run_records_commit_command_and_versions(gdexp_cli, store):
+    import mlflow
+    import torch
+
+    assert gdexp_cli("epochs=2", "seed=5").returncode == 0
+    [run] = store.runs()
+    tags = run.data.tags
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    assert tags["mlflow.source.git.commit"] == (head.stdout.strip() or "unknown")
+    assert tags["gdexp.git_dirty"] in ("true", "false", "unknown")
+    assert tags["command"] == "python -m gdexp epochs=2 seed=5"
+    assert tags["versions.torch"] == torch.__version__
+    assert tags["versions.mlflow"] == mlflow.__version__
+    assert tags["versions.python"] == ".".join(map(str, sys.version_info[:3]))
+    assert "versions.hydra-core" in tags and len(tags["gdexp.config_hash"]) == 32
