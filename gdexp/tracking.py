@@ -36,6 +36,7 @@ SWEEP_TRACKING_URI_ENV = "GDEXP_SWEEP_TRACKING_URI"
 
 CONFIG_HASH_TAG = "gdexp.config_hash"
 SWEEP_HASH_TAG = "gdexp.sweep_hash"
+SWEEP_RUNS_ARTIFACT = "sweep_runs.json"  # on a sweep's parent: every run of the sweep
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings that say where and how a run is tracked, not what it computes.
 _NOT_IDENTITY = ("uri", "experiment", "enabled", "resume", "retry_seconds")

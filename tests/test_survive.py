@@ -29,6 +29,11 @@ def test_rerunning_a_sweep_skips_finished_runs_and_runs_the_rest(gdexp_cli, stor
     assert "Resuming: 3 of 5 runs already FINISHED" in again.stdout
     runs = children(store)
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3", "4"]  # no repeats
+    # The resumed sweep, analysed, is whole: its 2 new runs and the 3 it reused.
+    from gdexp.analysis import load_runs
+
+    resumed = load_runs(sweep="latest", tracking_uri=store.uri)
+    assert sorted(resumed["seed"]) == [0, 1, 2, 3, 4]
     # The same command once more: nothing left to run, and the sweep keeps its parent run.
     third = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")
     assert "Resuming: 5 of 5 runs already FINISHED" in third.stdout

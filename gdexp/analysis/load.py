@@ -13,6 +13,7 @@ thread pool. See benchmarks/load_histories.py for what that buys.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import RunConfig
-from gdexp.tracking import PARENT_TAG, resolve_tracking_uri
+from gdexp.tracking import CONFIG_HASH_TAG, PARENT_TAG, SWEEP_RUNS_ARTIFACT, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def load_runs(
     else:
         parent = find_sweep(client, experiment_id, sweep)
         found = _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        found = _one_per_config(found + _reused_runs(client, experiment_id, parent, found))
         if not found:
             others = [
                 p
@@ -293,6 +295,40 @@ def load_runs(
         "sweep": None if parent is None else _sweep_info(parent),
     }
     return frame
+
+
+def _reused_runs(
+    client: MlflowClient, experiment_id: str, parent: Run, children: list[Run]
+) -> list[Run]:
+    """Runs a resumed sweep reused from elsewhere in the experiment instead of running them
+    again: listed in the parent's `sweep_runs.json`, not among its children."""
+    try:
+        listed = json.loads(
+            Path(client.download_artifacts(parent.info.run_id, SWEEP_RUNS_ARTIFACT)).read_text()
+        )
+    except Exception:  # an older or interrupted sweep has no list: its children are all it has
+        return []
+    missing = sorted(set(listed.get("run_ids", [])) - {r.info.run_id for r in children})
+    runs = []
+    for start in range(0, len(missing), 100):
+        ids = ", ".join(f"'{run_id}'" for run_id in missing[start : start + 100])
+        runs += _search_all(client, experiment_id, f"attributes.run_id IN ({ids})")
+    return runs
+
+
+def _one_per_config(runs: list[Run]) -> list[Run]:
+    """A resumed sweep may hold a FAILED or KILLED attempt beside the FINISHED run of the same
+    config: keep one run per config, the latest FINISHED one if there is one."""
+    best: dict[str, Run] = {}
+    for run in runs:
+        key = run.data.tags.get(CONFIG_HASH_TAG, run.info.run_id)
+        rank = (run.info.status == "FINISHED", run.info.start_time)
+        if key not in best or rank > (
+            best[key].info.status == "FINISHED",
+            best[key].info.start_time,
+        ):
+            best[key] = run
+    return list(best.values())
 
 
 def _is_sweep(run: Run) -> bool:

@@ -171,7 +171,9 @@ class TrackedSweeper(BasicSweeper):
             # Every run of the sweep, those run now and those a resume reused from elsewhere.
             run_ids = [r.return_value["run_id"] for r in results if r.status == JobStatus.COMPLETED]
             run_ids += [finished[h].info.run_id for h in reused]
-            tracker.client.log_dict(parent, {"run_ids": sorted(run_ids)}, "sweep_runs.json")
+            tracker.client.log_dict(
+                parent, {"run_ids": sorted(run_ids)}, tracking.SWEEP_RUNS_ARTIFACT
+            )
             tracker.log(
                 parent,
                 tags={
