@@ -155,3 +155,78 @@ def test_each_run_records_commit_command_and_versions(gdexp_cli, store):
     assert tags["versions.mlflow"] == mlflow.__version__
     assert tags["versions.python"] == ".".join(map(str, sys.version_info[:3]))
     assert "versions.hydra-core" in tags and len(tags["gdexp.config_hash"]) == 32
+
+
+def histories_by_config(folder: Path) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name("gdexp")
+    result = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        if "mlflow.parentRunId" not in run.data.tags:
+            continue
+        result[run.data.tags["gdexp.config_hash"]] = [
+            (key, m.step, m.value)
+            for key in ("loss", "w", "b", "step_loss")
+            for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        ]
+    return result
+
+
+@pytest.mark.slow
+def test_same_config_bit_identical_with_every_launcher(gdexp_cli, tmp_path_factory):
+    grid = ("-m", "method=sgd,minibatch", "seed=0,1", "step_size=0.05", "epochs=6")
+    launchers = {
+        "basic": (),
+        "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+        "batched": ("hydra/launcher=batched",),
+    }
+    found = {}
+    for name, extra in launchers.items():
+        folder = tmp_path_factory.mktemp(name)
+        done = gdexp_cli(*grid, *extra, cwd=folder)
+        assert done.returncode == 0, done.stderr
+        found[name] = histories_by_config(folder)
+    assert len(found["basic"]) == 4
+    assert found["joblib"] == found["basic"]
+    assert found["batched"] == found["basic"]
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_keep_their_runs_apart(store):
+    first = start_sweep(store.folder, "seed=range(0,8)", "epochs=3", "tracking.log_step_loss=false")
+    second = start_sweep(
+        store.folder, "seed=range(100,106)", "epochs=3", "tracking.log_step_loss=false"
+    )
+    outputs = [sweep.communicate(timeout=300)[0] for sweep in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert not any("database is locked" in out for out in outputs)
+    runs = store.runs()
+    parents = [r for r in runs if r.data.tags.get("gdexp.kind") == "sweep"]
+    assert len(parents) == 2
+    for parent in parents:
+        seeds = {
+            int(r.data.params["seed"])
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        }
+        assert seeds in ({*range(0, 8)}, {*range(100, 106)})
+        assert len(seeds) == int(parent.data.tags["n_runs"])
+
+
+@pytest.mark.slow
+def test_a_500_run_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
+    from gdexp.analysis import load_histories, load_runs
+
+    done = gdexp_cli(
+        "-m", "seed=range(0,250)", "method=bgd,sgd", "epochs=5", "tracking.log_step_loss=false",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stdout + done.stderr
+    runs = load_runs(sweep="latest", tracking_uri=store.uri)
+    assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
+    histories = load_histories(runs, keys=("loss", "w", "b"))
+    assert len(histories) == 500 * 5 * 3
+    assert histories.groupby(["run_id", "key"]).size().eq(5).all()
