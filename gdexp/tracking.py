@@ -192,6 +192,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, client: MlflowClient | None = None) -> None:
         self.uri = uri
+        self._artifact_uris: dict[str, str] = {}
         if uri.startswith(("http://", "https://")):
             _check_server(uri)
         try:
@@ -226,7 +227,21 @@ class Tracker:
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """`MlflowClient.log_text`, minus its lookup of the run: for a run this tracker created
+        in a local artifact store the file is written straight to the run's artifact folder."""
+        uri = self._artifact_uris.get(run_id, "")
+        local = uri.startswith("file://") or (uri.startswith("/") and "://" not in uri)
+        if not local:
+            self.client.log_text(run_id, text, artifact_file)
+            return
+        folder = Path(uri.removeprefix("file://"))
+        target = folder / artifact_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
 
     def log(
         self,
@@ -325,7 +340,7 @@ def log_run_config(tracker: Tracker, run_id: str, cfg: DictConfig) -> None:
         params=config_params(cfg),
         metrics=finite_metrics("step_size", [cfg.step_size]),  # params are strings; this sorts
     )
-    tracker.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
 def log_whole_run(
@@ -345,7 +360,7 @@ def log_whole_run(
         + result_metrics(trajectory, summary, cfg.tracking.log_step_loss),
         tags=result_tags(summary, description),
     )
-    tracker.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
 def result_tags(summary: RunSummary, description: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ PARAMS = {
     "method.name", "method.batch_size", "method.shuffle", "step_size", "epochs", "seed", "dtype",
     "convergence_tolerance", "data.n_points", "data.x_start", "data.x_step", "data.slope",
     "data.intercept", "data.noise_std", "init.w", "init.b", "tracking.uri", "tracking.experiment",
-    "tracking.enabled", "tracking.log_step_loss",
+    "tracking.enabled", "tracking.log_step_loss", "tracking.resume", "tracking.retry_seconds",
 }  # fmt: skip
 
 
