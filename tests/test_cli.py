@@ -135,7 +135,7 @@ def test_bad_input_fails_cleanly_and_creates_no_run(gdexp_cli, store, args, name
     assert store.runs() == []
 
 
-def test_a_job_that_raises_is_failed_while_the_others_finish(store):
+def test_a_job_that_raises_is_failed_while_the_others_finish(store, gdexp_cli):
     # A wrapper around gdexp's own entry point whose training raises for seed 1: the failure
     # happens inside a real job of a real multirun.
     script = store.folder / "flaky_gdexp.py"
@@ -181,6 +181,16 @@ def test_a_job_that_raises_is_failed_while_the_others_finish(store):
         assert len(history(store, children[seed].info.run_id, "loss")) == 20
     [parent] = [r for r in runs if r.data.tags.get("gdexp.kind") == "sweep"]
     assert parent.info.status == "FAILED" and parent.data.tags["failed_runs"] == "1"
+
+    # Resuming with the real gdexp runs only the failed job again, under the same parent.
+    resumed = gdexp_cli("-m", "seed=0,1,2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming: 2 of 3 runs already FINISHED" in resumed.stdout
+    rerun = [
+        r for r in store.runs() if r.data.params.get("seed") == "1" and r.info.status == "FINISHED"
+    ]
+    assert len(rerun) == 1
+    assert rerun[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
 def test_tutorial_sweep_file_runs_bgd_and_sgd_over_five_seeds(gdexp_cli, store):
