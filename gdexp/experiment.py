@@ -87,7 +87,9 @@ def open_tracker(cfg: DictConfig) -> tuple[Tracker, str | None]:
         if parent
         else tracking.resolve_tracking_uri(cfg.tracking.uri)
     )
-    return tracking.Tracker(uri, cfg.tracking.experiment), parent
+    # A job of a running sweep waits out a server restart; a command that is starting does not.
+    wait = cfg.tracking.retry_seconds if parent else 0.0
+    return tracking.Tracker(uri, cfg.tracking.experiment, wait_for_server=wait), parent
 
 
 def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary:

@@ -6,9 +6,11 @@ Everything is logged through `MlflowClient.log_batch` in chunks MLflow accepts (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -17,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -127,18 +128,23 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_server(uri: str) -> None:
-    """Fail in one line, at once, when nothing answers at a server address (MLflow's client would
-    retry for minutes first)."""
+def _check_server(uri: str, wait_seconds: float = 0.0) -> None:
+    """Fail in one line when nothing answers at a server address, at once or after waiting up to
+    `wait_seconds` for it to come back (MLflow's own client would retry for minutes first)."""
     import requests
 
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=10)
-    except requests.RequestException as error:
-        raise TrackingUnavailable(
-            f"Cannot reach the MLflow tracking server at {uri}: {type(error).__name__}. "
-            "Is it running? (`mlflow server --host ... --port ...`)"
-        ) from error
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=10)
+            return
+        except requests.RequestException as error:
+            if time.monotonic() >= deadline:
+                raise TrackingUnavailable(
+                    f"Cannot reach the MLflow tracking server at {uri}: {type(error).__name__}. "
+                    "Is it running? (`mlflow server --host ... --port ...`)"
+                ) from error
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
 
 
 def finite_metrics(
@@ -190,11 +196,19 @@ def result_metrics(
 class Tracker:
     """An MLflow store and experiment that runs are logged to."""
 
-    def __init__(self, uri: str, experiment: str, client: MlflowClient | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        client: MlflowClient | None = None,
+        wait_for_server: float = 0.0,
+    ) -> None:
+        """`wait_for_server`: how long to wait for a tracking server that does not answer (jobs
+        of a running sweep wait out a restart; a command that is starting fails at once)."""
         self.uri = uri
         self._artifact_uris: dict[str, str] = {}
         if uri.startswith(("http://", "https://")):
-            _check_server(uri)
+            _check_server(uri, wait_for_server)
         try:
             self.client = client or MlflowClient(tracking_uri=uri)
             self.experiment_id = self._ensure_experiment(experiment)
@@ -297,7 +311,7 @@ class Tracker:
             self.end_run(run.info.run_id, "KILLED")
         return len(running)
 
-    @contextmanager
+    @contextlib.contextmanager
     def run(
         self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
     ) -> Iterator[str]:
@@ -311,10 +325,20 @@ class Tracker:
             status = "KILLED"
             raise
         except Exception as error:
-            self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            with contextlib.suppress(Exception):  # the store itself may be what failed
+                self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
             raise
         finally:
-            self.end_run(run_id, status)
+            try:
+                self.end_run(run_id, status)
+            except Exception as error:
+                if status == "FINISHED":
+                    raise
+                # Do not hide why the run stopped behind why it could not be closed; a run left
+                # RUNNING is run again by the next resume.
+                logging.getLogger(__name__).error(
+                    "Could not mark run %s %s: %s", run_id, status, str(error).splitlines()[0]
+                )
 
     def ui_hint(self) -> str:
         """Where to look: the address, and for a local store the command that serves it."""

@@ -1,7 +1,8 @@
-"""Shared fixtures: a real SQLite MLflow store in a temp folder and gdexp run as a real subprocess."""
+"""Shared fixtures: a real SQLite MLflow store in a temp folder, gdexp run as a real subprocess."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,7 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 class Store:
     folder: Path  # the launch folder: gdexp writes mlflow.db and Hydra's outputs here
     uri: str
-    client: MlflowClient
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        # Made on first use: constructing it creates the store, and gdexp must meet a fresh one.
+        return MlflowClient(self.uri)
 
     def runs(self, experiment: str = "gdexp") -> list:
         found = self.client.get_experiment_by_name(experiment)
@@ -38,9 +43,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(
-        tmp_path, f"sqlite:///{tmp_path}/mlflow.db", MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    )
+    return Store(tmp_path, f"sqlite:///{tmp_path}/mlflow.db")
 
 
 GdexpCli = Callable[..., subprocess.CompletedProcess]

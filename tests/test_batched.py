@@ -9,7 +9,6 @@ from conftest import REPO, Store
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
 from gdexp.config import register_configs
@@ -70,9 +69,7 @@ def test_batched_runs_equal_per_job_runs(gdexp_cli, store, tmp_path_factory):
     batched = gdexp_cli("-m", *GRID, "hydra/launcher=batched", cwd=other)
     assert batched.returncode == 0, batched.stderr
     assert "Progress: 72/72 runs (100%)" in batched.stdout
-    batched_store = Store(
-        other, f"sqlite:///{other}/mlflow.db", MlflowClient(f"sqlite:///{other}/mlflow.db")
-    )
+    batched_store = Store(other, f"sqlite:///{other}/mlflow.db")
 
     expected, actual = children(store), children(batched_store)
     assert len(expected) == 72 and set(actual) == set(expected)

@@ -119,12 +119,6 @@ def test_joblib_sweep_on_a_new_store_logs_every_run_under_its_parent(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="tracked_sweeper slices a joblib grid into launches of ceil(n/20) jobs: a grid of up "
-    "to 20 jobs runs one job at a time (drop JoblibLauncher from _SLICED_LAUNCHERS)",
-)
 def test_joblib_runs_a_small_grid_in_parallel(tmp_path):
     done = gdexp(
         *("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
@@ -140,12 +134,6 @@ def test_joblib_runs_a_small_grid_in_parallel(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the sweeper hands jobs their parent run in os.environ only: loky reuses its worker "
-    "processes, started with the first sweep's environment (fix: hydra.job.env_set overrides)",
-)
 def test_two_joblib_sweeps_in_one_process_each_keep_their_runs(tmp_path):
     # As a notebook or a driver script would: gdexp's entry point called twice in one process.
     script = tmp_path / "two_sweeps.py"

@@ -32,7 +32,8 @@ from hydra_plugins.gdexp_plugins.progress import Progress
 
 # Launchers that run jobs on this machine as they are handed over: the sweeper hands them the
 # grid in slices so it can report progress between slices. Cluster launchers get it whole.
-_SLICED_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+# (Not joblib: a slice is a barrier, and slices of ceil(n/20) jobs would run small grids serially.)
+_SLICED_LAUNCHERS = ("BasicLauncher",)
 
 log = logging.getLogger(__name__)
 
@@ -156,21 +157,32 @@ class TrackedSweeper(BasicSweeper):
                 len(jobs) - len(todo), len(jobs), first.tracking.experiment, len(todo),
             )  # fmt: skip
         log.info("Sweep of %d runs, MLflow parent run %s in %s", len(todo), parent, tracker.uri)
-        status = "KILLED"
+        env = {tracking.SWEEP_RUN_ID_ENV: parent, tracking.SWEEP_TRACKING_URI_ENV: tracker.uri}
+        if not isinstance(self.launcher, BatchedLauncher):
+            # Also in each job's own config: Hydra exports hydra.job.env_set inside the job,
+            # wherever it runs (a reused joblib worker, a SLURM node with SBATCH_EXPORT=NONE).
+            extra = _env_set_overrides(env)
+            self.overrides = [[[*job, *extra] for job in batch] for batch in self.overrides]
         try:
-            env = {tracking.SWEEP_RUN_ID_ENV: parent, tracking.SWEEP_TRACKING_URI_ENV: tracker.uri}
             with _environment(env):
                 returns = self._launch_all()
-            results = [r for batch in returns for r in batch]
-            failed = [r for r in results if r.status != JobStatus.COMPLETED]
-            counts = Counter(
-                r.return_value["outcome"] for r in results if r.status == JobStatus.COMPLETED
-            )
-            reused = set(hashes) & set(finished)
-            counts.update(finished[h].data.tags.get("outcome", "unknown") for h in reused)
-            # Every run of the sweep, those run now and those a resume reused from elsewhere.
-            run_ids = [r.return_value["run_id"] for r in results if r.status == JobStatus.COMPLETED]
-            run_ids += [finished[h].info.run_id for h in reused]
+        except BaseException:  # interrupted: no run of this sweep may stay RUNNING
+            try:
+                killed = tracker.kill_unfinished_children(parent)
+                tracker.end_run(parent, "KILLED")
+                log.error("Sweep interrupted: %d runs in flight marked KILLED.", killed)
+            except Exception as error:
+                log.error("Sweep interrupted; could not record it: %s", _first_line(error))
+            raise
+        results = [r for batch in returns for r in batch]
+        failed = [r for r in results if r.status != JobStatus.COMPLETED]
+        done = [r.return_value for r in results if r.status == JobStatus.COMPLETED]
+        counts = Counter(summary["outcome"] for summary in done)
+        reused = set(hashes) & set(finished)
+        counts.update(finished[h].data.tags.get("outcome", "unknown") for h in reused)
+        # Every run of the sweep: those run now and those a resume reused from elsewhere.
+        run_ids = [s["run_id"] for s in done] + [finished[h].info.run_id for h in reused]
+        try:
             tracker.client.log_dict(
                 parent, {"run_ids": sorted(run_ids)}, tracking.SWEEP_RUNS_ARTIFACT
             )
@@ -186,12 +198,14 @@ class TrackedSweeper(BasicSweeper):
                     **{f"runs_{outcome}": str(counts.get(outcome, 0)) for outcome in OUTCOMES},
                 },
             )
-            status = "FAILED" if failed else "FINISHED"
-        finally:
-            if status == "KILLED":  # interrupted: no run of this sweep may stay RUNNING
-                killed = tracker.kill_unfinished_children(parent)
-                log.error("Sweep interrupted: %d runs in flight marked KILLED.", killed)
-            tracker.end_run(parent, status)
+            tracker.end_run(parent, "FAILED" if failed else "FINISHED")
+        except Exception as error:
+            raise SweepFailed(
+                f"The end of the sweep could not be recorded: the MLflow store stopped answering "
+                f"({_first_line(error)[:200]}). Run the same command again once it is back: "
+                "finished runs are kept, the rest run again.\n"
+                + _failure_report(failed, len(results))
+            ) from error
         log.info("Sweep done: %s. %s", dict(counts), tracker.ui_hint())
         if failed:
             raise SweepFailed(_failure_report(failed, len(results)))
@@ -234,13 +248,27 @@ class TrackedSweeper(BasicSweeper):
         return returns
 
 
+def _env_set_overrides(values: Mapping[str, str]) -> list[str]:
+    """`++hydra.job.env_set.KEY='VALUE'` overrides: Hydra exports them in the job itself."""
+
+    def quoted(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return [f"++hydra.job.env_set.{key}={quoted(value)}" for key, value in values.items()]
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _failure_report(failed: Sequence[JobReturn], total: int) -> str:
     lines = []
     for result in failed:
         overrides = " ".join(result.overrides)
         error = result._return_value  # the exception the job raised
-        lines.append(f"  {overrides}: {type(error).__name__}: {error}")
+        lines.append(f"  {overrides}: {type(error).__name__}: {_first_line(error)[:300]}")
     return (
-        f"{len(failed)} of {total} runs failed (their MLflow runs are marked FAILED):\n"
-        + "\n".join(lines)
+        f"{len(failed)} of {total} runs failed (marked FAILED in MLflow where it could be "
+        "reached; a resume runs them again):\n" + "\n".join(lines)
     )
