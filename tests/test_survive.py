@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, clean_env
+from servers import mlflow_server, postgres
+
+__all__ = ["mlflow_server", "postgres"]  # session fixtures used below
 
 
 def statuses(store) -> Counter:
@@ -331,3 +334,29 @@ def test_jobs_wait_out_a_short_server_restart(tmp_path):
         assert Counter(r.info.status for r in runs) == {"FINISHED": 5}
     finally:
         stop_process_group(server)
+
+
+@pytest.mark.slow
+def test_a_500_run_parallel_sweep_through_a_server_loses_no_run_and_no_point(
+    mlflow_server, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from gdexp.analysis import load_histories, load_runs
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gdexp", "-m", "seed=range(0,250)", "method=bgd,sgd", "epochs=5",
+         "tracking.log_step_loss=false", "tracking.experiment=five_hundred",
+         f"tracking.uri={mlflow_server.url}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stdout + done.stderr
+    runs = load_runs("five_hundred", sweep="latest", tracking_uri=mlflow_server.url)
+    assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
+    histories = load_histories(runs, keys=("loss", "w", "b"), tracking_uri=mlflow_server.url)
+    assert len(histories) == 500 * 5 * 3
+    assert histories.groupby(["run_id", "key"]).size().eq(5).all()
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("five_hundred")
+    assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == 501
