@@ -297,17 +297,19 @@ def running_mlflow_server(
     workers: int = 2,
     extra_args: Sequence[str] = (),
     attempts: int = 3,
+    port: int | None = None,
 ) -> Iterator[MlflowServer]:
     """`mlflow server` on `backend_store_uri` (SQLite, PostgreSQL...), serving artifacts from
-    folder/artifacts, on a free port of 127.0.0.1; stopped with its workers on exit.
-    `extra_args` go to `mlflow server` as they are (e.g. ["--allowed-hosts", "..."])."""
+    folder/artifacts, on `port` (default: a free one) of 127.0.0.1; stopped with its workers on
+    exit. `extra_args` go to `mlflow server` as they are (e.g. ["--allowed-hosts", "..."])."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts = folder / "artifacts"
     artifacts.mkdir(exist_ok=True)
     server = None
     try:
+        fixed_port = port
         for attempt in range(attempts):  # a port taken between free_port() and the bind
-            port = free_port()
+            port = fixed_port or free_port()
             log = folder / f"mlflow-server-{port}.log"
             with log.open("w") as log_file:
                 process = subprocess.Popen(

@@ -235,105 +235,75 @@ def test_a_500_run_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
     assert histories.groupby(["run_id", "key"]).size().eq(5).all()
 
 
-def start_server(folder: Path, port: int) -> subprocess.Popen:
-    """`mlflow server` over a SQLite store in `folder`, on a given port (so that it can come back
-    at the same address)."""
-    from servers import HOST, MLFLOW_START_TIMEOUT, server_env, wait_until
+def finished_children(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
 
-    folder.mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "server", "--workers", "1"),
-            *("--backend-store-uri", f"sqlite:///{folder}/server.db"),
-            *("--artifacts-destination", str(folder / "artifacts")),
-            *("--host", HOST, "--port", str(port)),
-        ],
-        cwd=folder, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gdexp")
+    return [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags
+    ]
 
-    def healthy() -> bool:
-        import urllib.request
 
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+def server_on(folder: Path, port: int):
+    """`mlflow server` over a SQLite store in `folder` on a given port, so it can come back at
+    the same address with the same store."""
+    from servers import running_mlflow_server
 
-    wait_until(healthy, MLFLOW_START_TIMEOUT, lambda: None if process.poll() is None else "exited")
-    return process
+    return running_mlflow_server(f"sqlite:///{folder}/server.db", folder, workers=1, port=port)
 
 
 @pytest.mark.slow
 def test_a_server_that_goes_away_fails_runs_cleanly_and_resume_completes(tmp_path):
     from mlflow.tracking import MlflowClient
-    from servers import free_port, stop_process_group
+    from servers import free_port
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     grid = ("method=sgd", "seed=range(0,5)", "epochs=150", f"tracking.uri={uri}",
             "tracking.retry_seconds=3", "tracking.log_step_loss=false")  # fmt: skip
-    server = start_server(tmp_path / "server", port)
-    try:
+    with server_on(tmp_path / "server", port) as server:
         sweep = start_sweep(tmp_path, *grid)
         wait_for(sweep, "epoch 100", count=3)  # two runs logged, the third in flight
-        stop_process_group(server)  # the server goes away and does not come back in time
+        server.stop()  # the server goes away and does not come back in time
         output, _ = sweep.communicate(timeout=300)
-        assert sweep.returncode == 1
-        assert "Traceback" not in output
-        assert "runs failed" in output and "Run the same command again" in output
-        assert "Cannot reach the MLflow tracking server" in output, output[-3000:]
+    assert sweep.returncode == 1
+    assert "Traceback" not in output
+    assert "runs failed" in output and "Run the same command again" in output
+    assert "Cannot reach the MLflow tracking server" in output, output[-3000:]
 
-        server = start_server(tmp_path / "server", port)  # back, same address, same store
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("gdexp")
-        before = {
-            r.info.run_id: r
-            for r in client.search_runs([experiment.experiment_id])
-            if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags
-        }
+    with server_on(tmp_path / "server", port):  # back: same address, same store
+        before = finished_children(uri)
         assert len(before) == 2  # what was logged before the outage is intact
-        for run_id in before:
-            assert len(client.get_metric_history(run_id, "loss")) == 150
-
+        for run in before:
+            assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "loss")) == 150
         resumed = start_sweep(tmp_path, *grid)
         output, _ = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, output
         assert "Resuming: 2 of 5 runs already FINISHED" in output
-        finished = [
-            r
-            for r in client.search_runs([experiment.experiment_id])
-            if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags
-        ]
-        assert sorted(int(r.data.params["seed"]) for r in finished) == [0, 1, 2, 3, 4]
-    finally:
-        stop_process_group(server)
+        seeds = sorted(int(r.data.params["seed"]) for r in finished_children(uri))
+        assert seeds == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow
 def test_jobs_wait_out_a_short_server_restart(tmp_path):
-    from mlflow.tracking import MlflowClient
-    from servers import free_port, stop_process_group
+    from servers import free_port
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     grid = ("method=sgd", "seed=range(0,4)", "epochs=150", f"tracking.uri={uri}",
             "tracking.retry_seconds=60", "tracking.log_step_loss=false")  # fmt: skip
-    server = start_server(tmp_path / "server", port)
-    try:
+    with server_on(tmp_path / "server", port) as server:
         sweep = start_sweep(tmp_path, *grid)
         wait_for(sweep, "epoch 100", count=2)
-        stop_process_group(server)
-        server = start_server(tmp_path / "server", port)  # back within the retry budget
+        server.stop()
+    with server_on(tmp_path / "server", port):  # back within the retry budget
         output, _ = sweep.communicate(timeout=300)
         assert sweep.returncode == 0, output
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("gdexp")
-        runs = client.search_runs([experiment.experiment_id])
-        assert Counter(r.info.status for r in runs) == {"FINISHED": 5}
-    finally:
-        stop_process_group(server)
+        assert len(finished_children(uri)) == 4
+        assert "Resuming" not in output
 
 
 @pytest.mark.slow
