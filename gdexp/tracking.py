@@ -128,6 +128,29 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@contextlib.contextmanager
+def _sqlite_setup_lock(uri: str) -> Iterator[None]:
+    """Holds an exclusive lock on a SQLite store's folder while the store is opened: MLflow
+    creates and migrates a new database on first use, and two processes doing that at once
+    (two sweeps started together) corrupt its schema."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        yield
+        return
+    import fcntl
+
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # no such folder: opening the store will say so
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _check_server(uri: str, wait_seconds: float = 0.0) -> None:
     """Fail in one line when nothing answers at a server address, at once or after waiting up to
     `wait_seconds` for it to come back (MLflow's own client would retry for minutes first)."""
@@ -210,8 +233,9 @@ class Tracker:
         if uri.startswith(("http://", "https://")):
             _check_server(uri, wait_for_server)
         try:
-            self.client = client or MlflowClient(tracking_uri=uri)
-            self.experiment_id = self._ensure_experiment(experiment)
+            with _sqlite_setup_lock(uri):
+                self.client = client or MlflowClient(tracking_uri=uri)
+                self.experiment_id = self._ensure_experiment(experiment)
         except Exception as error:
             lines = str(error).strip().splitlines()
             reason = lines[0] if lines else type(error).__name__
