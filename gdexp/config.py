@@ -8,6 +8,7 @@ sweeper.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -130,7 +131,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         group, name = key.split(".")
         value = cfg[group][name]
         checks.append((key, value, _finite(value), "a finite number"))
-    known = _leaf_keys(OmegaConf.structured(RunConfig(method=MethodConfig())))
+    known = _schema_keys()
     checks += [
         (key, value, False, "removed: it is not a gdexp key (is it misspelled?)")
         for key, value in _leaves(cfg)
@@ -157,8 +158,11 @@ def _leaves(cfg: DictConfig, prefix: str = "") -> list[tuple[str, Any]]:
     return leaves
 
 
-def _leaf_keys(cfg: DictConfig) -> set[str]:
-    return {key for key, _ in _leaves(cfg)}
+@functools.cache
+def _schema_keys() -> frozenset[str]:
+    return frozenset(
+        key for key, _ in _leaves(OmegaConf.structured(RunConfig(method=MethodConfig())))
+    )
 
 
 def validate(cfg: DictConfig, context: str = "") -> None:
