@@ -80,10 +80,6 @@ class TrainSettings:
         return (self.epochs, self.batch_size, self.shuffle, self.dtype, self.n_points)
 
 
-def batch_signature(cfg: DictConfig | TrainSettings) -> tuple:
-    return TrainSettings.of(cfg).signature
-
-
 def _mse(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-config mean squared error: w, b of shape (C,), x, y of shape (C, n)."""
     return ((w[:, None] * x + b[:, None] - y) ** 2).mean(dim=1)
@@ -101,7 +97,8 @@ def train_many(
     datasets: Sequence[Dataset],
     on_epoch: EpochCallback | None = None,
 ) -> list[Trajectory]:
-    """Train configs that share a `batch_signature` together, one row of every tensor each."""
+    """Train configs that share a `TrainSettings.signature` together, one row of every tensor
+    each."""
     cfgs = [TrainSettings.of(cfg) for cfg in cfgs]
     batch = min(cfgs[0].batch_size or cfgs[0].n_points, cfgs[0].n_points)
     # Each step works on configs × batch numbers; below ~1e5 of them, handing work to other
