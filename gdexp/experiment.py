@@ -113,9 +113,11 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary
     return summary
 
 
-def _chunks(indices: list[int], cfg: DictConfig) -> list[list[int]]:
-    steps = cfg.epochs * -(-cfg.data.n_points // (cfg.method.batch_size or cfg.data.n_points))
-    size = max(1, MAX_BATCH_ELEMENTS // max(steps, 1))
+def _chunks(indices: list[int], settings: TrainSettings) -> list[list[int]]:
+    """Slices of a group small enough that its recorded history fits MAX_BATCH_ELEMENTS."""
+    n = settings.n_points
+    steps = settings.epochs * -(-n // min(settings.batch_size or n, n))
+    size = max(1, MAX_BATCH_ELEMENTS // steps)
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
@@ -137,7 +139,7 @@ def run_grid(
     tracker, parent = open_tracker(cfgs[0]) if cfgs[0].tracking.enabled else (None, None)
     logged = 0
     for indices in groups.values():
-        for chunk in _chunks(indices, cfgs[indices[0]]):
+        for chunk in _chunks(indices, settings[indices[0]]):
             datasets = [make_run_data(cfgs[i]) for i in chunk]
             try:
                 trajectories: Sequence[Trajectory | Exception] = train_many(
