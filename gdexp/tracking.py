@@ -128,6 +128,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside it, in mlruns/<experiment>/ (MLflow's default
+    is ./mlruns of whatever folder the experiment happened to be created from)."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None  # a server or database decides for itself
+    folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / folder).as_uri()
+
+
 @contextlib.contextmanager
 def _sqlite_setup_lock(uri: str) -> Iterator[None]:
     """Holds an exclusive lock on a SQLite store's folder while the store is opened: MLflow
@@ -246,7 +255,9 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         try:
-            experiment_id = self.client.create_experiment(name)
+            experiment_id = self.client.create_experiment(
+                name, artifact_location=_artifact_location(self.uri, name)
+            )
         except Exception:  # another process created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:
