@@ -61,18 +61,14 @@ def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
     assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
 
 
-def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_folder(store, tmp_path_factory):
+def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_folder(
+    store, tmp_path_factory, monkeypatch
+):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
     cfg = OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd"), epochs=2))
     cfg.tracking.uri = store.uri
-    import os
-
-    here = os.getcwd()
-    os.chdir(elsewhere)
-    try:
-        summary = run_experiment(cfg)
-    finally:
-        os.chdir(here)
+    summary = run_experiment(cfg)
     written = store.folder / "mlruns" / "gdexp" / summary.run_id / "artifacts" / "config.yaml"
     assert "step_size: 0.1" in written.read_text()
     assert not (elsewhere / "mlruns").exists()
