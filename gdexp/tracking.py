@@ -392,12 +392,21 @@ class Tracker:
         return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
 
-def log_run_config(tracker: Tracker, run_id: str, cfg: DictConfig) -> None:
-    """What the run is, logged before it trains, so that a run that fails still shows it."""
+def log_run_config(
+    tracker: Tracker,
+    run_id: str,
+    cfg: DictConfig,
+    metrics: list[Metric] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """What the run is, logged before it trains, so that a run that fails still shows it; runs
+    trained before they are logged (batched sweeps) pass their result along, in the same batch."""
     tracker.log(
         run_id,
         params=config_params(cfg),
-        metrics=finite_metrics("step_size", [cfg.step_size]),  # params are strings; this sorts
+        # params are strings; step_size as a metric sorts and filters numerically
+        metrics=finite_metrics("step_size", [cfg.step_size]) + (metrics or []),
+        tags=tags,
     )
     tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -410,16 +419,15 @@ def log_whole_run(
     summary: RunSummary,
     description: str,
 ) -> None:
-    """`log_run_config` and `log_run_result` in one batch, for runs trained before they are
-    logged (batched sweeps): the same params, metrics, tags and artifact, in fewer calls."""
-    tracker.log(
+    """`log_run_config` and `log_run_result` in one batch: the same params, metrics, tags and
+    artifact, in fewer calls."""
+    log_run_config(
+        tracker,
         run_id,
-        params=config_params(cfg),
-        metrics=finite_metrics("step_size", [cfg.step_size])
-        + result_metrics(trajectory, summary, cfg.tracking.log_step_loss),
+        cfg,
+        metrics=result_metrics(trajectory, summary, cfg.tracking.log_step_loss),
         tags=result_tags(summary, description),
     )
-    tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
 def result_tags(summary: RunSummary, description: str) -> dict[str, str]:
