@@ -17,17 +17,15 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig
 
-from gdexp.data import Dataset, dtype_name, make_dataset, torch_dtype
+from gdexp.data import Dataset, dtype_name, effective_batch_size, make_run_data
+from gdexp.names import method_words
 from gdexp.outcome import RunSummary, summarize
-from gdexp.seeding import random_streams
 from gdexp.train import TrainSettings, Trajectory, train, train_many
 
 if TYPE_CHECKING:
     from gdexp.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-METHOD_WORDS = {"bgd": "batch GD", "sgd": "stochastic GD", "minibatch": "mini-batch GD"}
 
 # Tensor elements (configs × recorded steps) one batched training may hold: about 0.4 GB.
 MAX_BATCH_ELEMENTS = 50_000_000
@@ -39,8 +37,8 @@ def run_name(cfg: DictConfig) -> str:
 
 def describe(cfg: DictConfig, summary: RunSummary) -> str:
     """The run in words, for the MLflow run page."""
-    method = METHOD_WORDS.get(cfg.method.name, cfg.method.name)
-    batch = cfg.method.batch_size or cfg.data.n_points
+    method = method_words(cfg.method.name)
+    batch = effective_batch_size(cfg.method.batch_size, cfg.data.n_points)
     order = "shuffled" if cfg.method.shuffle else "in data order"
     end = (
         f"diverged: inf/NaN at epoch {summary.diverged_at_epoch}"
@@ -59,10 +57,6 @@ def run_tags(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     from gdexp import tracking
 
     return {"overrides": " ".join(overrides), tracking.CONFIG_HASH_TAG: tracking.config_hash(cfg)}
-
-
-def make_run_data(cfg: DictConfig) -> Dataset:
-    return make_dataset(cfg.data, random_streams(cfg.seed).data, torch_dtype(cfg.dtype))
 
 
 def _log_epoch(epoch: int, loss: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:
@@ -116,7 +110,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunSummary
 def _chunks(indices: list[int], settings: TrainSettings) -> list[list[int]]:
     """Slices of a group small enough that its recorded history fits MAX_BATCH_ELEMENTS."""
     n = settings.n_points
-    steps = settings.epochs * -(-n // min(settings.batch_size or n, n))
+    steps = settings.epochs * -(-n // effective_batch_size(settings.batch_size, n))
     size = max(1, MAX_BATCH_ELEMENTS // steps)
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 

@@ -5,28 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from gdexp.data import Dataset
+from gdexp.data import Dataset, least_squares_fit
 from gdexp.train import Trajectory
 
 CONVERGED = "converged"
 CONVERGING = "converging"
 DIVERGED = "diverged"
 OUTCOMES = (CONVERGED, CONVERGING, DIVERGED)
-
-
-def least_squares_fit(data: Dataset) -> tuple[float, float, float]:
-    """(w, b, loss) of the least-squares line, in closed form and float64. Plain sums, not a
-    LAPACK solve, so the figure is bit-for-bit the same in every process."""
-    x, y = data.x.to(torch.float64), data.y.to(torch.float64)
-    dx, dy = x - x.mean(), y - y.mean()
-    spread = float((dx * dx).sum())
-    # With all x equal (or one point) any slope fits equally well; take the flat line.
-    w = float((dx * dy).sum()) / spread if spread > 0 else 0.0
-    b = float(y.mean()) - w * float(x.mean())
-    loss = float(torch.mean((w * x + b - y) ** 2))
-    return w, b, loss
 
 
 def classify(initial_loss: float, final_loss: float, optimal_loss: float, tolerance: float) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gdexp.experiment import make_run_data
+from gdexp.data import effective_batch_size, make_run_data
 from gdexp.seeding import random_streams
 
 CONVERGES = "converges"
@@ -202,7 +202,7 @@ def _verdict(analysis: EpochMapAnalysis, optimal_loss: float, y: np.ndarray) -> 
 
 def _predict(cfg: DictConfig, x: np.ndarray, y: np.ndarray, optimal_loss: float) -> Prediction:
     n = len(x)
-    batch = min(cfg.method.batch_size or n, n)
+    batch = effective_batch_size(cfg.method.batch_size, n)
     analysis = analyze_epoch_map(x, y, float(cfg.step_size), batch, first_epoch_order(cfg, n))
     return Prediction(
         method=str(cfg.method.name),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from gdexp.data import Dataset, dtype_name, torch_dtype
+from gdexp.data import Dataset, dtype_name, effective_batch_size, torch_dtype
 from gdexp.seeding import random_streams
 
 
@@ -100,7 +100,7 @@ def train_many(
     """Train configs that share a `TrainSettings.signature` together, one row of every tensor
     each."""
     cfgs = [TrainSettings.of(cfg) for cfg in cfgs]
-    batch = min(cfgs[0].batch_size or cfgs[0].n_points, cfgs[0].n_points)
+    batch = effective_batch_size(cfgs[0].batch_size, cfgs[0].n_points)
     # Each step works on configs × batch numbers; below ~1e5 of them, handing work to other
     # threads costs more than it saves (measured: 1,000 SGD configs train 2-4× faster on one).
     threads = 1 if len(cfgs) * batch < 100_000 else torch.get_num_threads()
@@ -130,7 +130,7 @@ def _train_many(
     x = torch.stack([d.x for d in datasets]).to(dtype)
     y = torch.stack([d.y for d in datasets]).to(dtype)
     n_configs, n = x.shape
-    batch = min(first.batch_size or n, n)
+    batch = effective_batch_size(first.batch_size, n)
     batch_starts = range(0, n, batch)
     steps_per_epoch = len(batch_starts)
     shufflers = [random_streams(cfg.seed).shuffle for cfg in cfgs] if first.shuffle else []

@@ -39,8 +39,8 @@ from gdexp.analysis import load as load_module
 from gdexp.analysis.figures import DIVERGED_TOP, THEORY_SGD_LABEL
 from gdexp.analysis.report import main, summary_table
 from gdexp.config import RunConfig
-from gdexp.experiment import make_run_data
-from gdexp.outcome import least_squares_fit
+from gdexp.data import make_run_data
+from gdexp.data import least_squares_fit
 
 pytestmark = pytest.mark.slow
 

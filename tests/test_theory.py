@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdexp import theory
 from gdexp.config import MethodConfig, RunConfig
-from gdexp.experiment import make_run_data
+from gdexp.data import make_run_data
 from gdexp.seeding import random_streams
 from gdexp.train import train, train_many
 

@@ -11,8 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import MethodConfig, RunConfig
 from gdexp.data import Dataset
-from gdexp.experiment import make_run_data
-from gdexp.outcome import CONVERGED, CONVERGING, DIVERGED, classify, least_squares_fit, summarize
+from gdexp.data import make_run_data
+from gdexp.data import least_squares_fit
+from gdexp.outcome import CONVERGED, CONVERGING, DIVERGED, classify, summarize
 from gdexp.train import train, train_many
 
 
