@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gdexp.config import register_configs, validate
-from gdexp.experiment import run_experiment
 
 register_configs()
 
@@ -21,12 +21,44 @@ register_configs()
 # find the same configs.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
+log = logging.getLogger("gdexp.run")
+
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> float:
+    """One run. Returns its objective (`objective=`, lower is better) for any Hydra sweeper."""
     validate(cfg)
-    summary = run_experiment(cfg, overrides=list(HydraConfig.get().overrides.task))
-    return asdict(summary)
+    hydra_cfg = HydraConfig.get()
+    job_of_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    # Paths are taken from the launch folder, wherever the job runs (hydra.job.chdir=true).
+    launch_dir = Path(hydra_cfg.runtime.cwd)
+
+    # Imported here: composing, validating, --help and refusals never load torch or MLflow.
+    from gdexp.run import objective_value, run_experiment
+
+    destination = None
+    if cfg.tracking.enabled:
+        from gdexp.run import Destination
+        from gdexp.store import open_tracker
+        from gdexp.sweep import SweepManifest, job_destination
+
+        manifest = SweepManifest.read(launch_dir / hydra_cfg.sweep.dir) if job_of_sweep else None
+        if manifest is not None:
+            destination = job_destination(manifest)
+        else:
+            tracking = cfg.tracking
+            destination = Destination(
+                open_tracker(tracking.uri, tracking.experiment, tracking.retry_seconds, launch_dir)
+            )
+    summary = run_experiment(
+        cfg,
+        overrides=list(hydra_cfg.overrides.task),
+        destination=destination,
+        epoch_level=logging.DEBUG if job_of_sweep else logging.INFO,
+    )
+    if destination is not None and not job_of_sweep:
+        log.info(destination.tracker.ui_hint())
+    return objective_value(summary, cfg.objective)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -41,10 +73,11 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        sys.stderr.write(
-            "Interrupted: the runs in flight are marked KILLED. "
-            "Run the same command again to resume.\n"
-        )
+        if "gdexp.sweep" in sys.modules:  # a sweep another sweeper drove may still be open
+            from gdexp.sweep import close_open_sweeps
+
+            close_open_sweeps()
+        sys.stderr.write("Interrupted. Run the same command again to resume.\n")
         sys.exit(130)
 
 

@@ -19,6 +19,11 @@ from hydra.errors import CompactHydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
+# What a run reports to a sweeper (lower is better; an optimising sweeper minimises it):
+# final_loss, or excess_loss = final_loss - the least-squares optimum. Computed in gdexp.run.
+OBJECTIVES = ("final_loss", "excess_loss")
+
+
 class DType(Enum):
     float32 = "float32"
     float64 = "float64"
@@ -74,6 +79,7 @@ class RunConfig:
     # A run counts as `converged` when final_loss - optimal_loss is at most this share of
     # initial_loss - optimal_loss (what is left of the excess loss it started with).
     convergence_tolerance: float = 1e-3
+    objective: str = "final_loss"  # one of OBJECTIVES
     data: DataConfig = field(default_factory=DataConfig)
     init: InitConfig = field(default_factory=InitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -121,6 +127,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
             "a number strictly between 0 and 1",
         ),
         (
+            "objective",
+            cfg.objective,
+            cfg.objective in OBJECTIVES,
+            "one of " + ", ".join(OBJECTIVES),
+        ),
+        (
             "tracking.retry_seconds",
             cfg.tracking.retry_seconds,
             _finite(cfg.tracking.retry_seconds) and cfg.tracking.retry_seconds >= 0,
@@ -163,6 +175,11 @@ def _schema_keys() -> frozenset[str]:
     return frozenset(
         key for key, _ in _leaves(OmegaConf.structured(RunConfig(method=MethodConfig())))
     )
+
+
+def is_gdexp_config(cfg: DictConfig) -> bool:
+    """Whether a composed config is a gdexp run config (has the schema's top-level keys)."""
+    return all(key in cfg for key in RunConfig.__dataclass_fields__)
 
 
 def validate(cfg: DictConfig, context: str = "") -> None:

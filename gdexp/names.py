@@ -31,6 +31,7 @@ N_RUNS_TAG = "n_runs"
 GRID_TAG_PREFIX = "grid."
 FAILED_RUNS_TAG = "failed_runs"
 KILLED_RUNS_TAG = "killed_runs"
+SUPERSEDED_BY_TAG = "gdexp.superseded_by"  # on an attempt that a resume re-ran
 REUSED_RUNS_TAG = "reused_runs"
 RUNS_TAG_PREFIX = "runs_"  # runs_<outcome>: how many runs of the sweep ended so
 BEST_RUN_TAG = "best.run_id"

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from gdexp.config import register_configs
-from hydra_plugins.gdexp_plugins.job_configs import JobConfigs
+from hydra_plugins.gdexp_plugins._job_configs import JobConfigs
 
 register_configs()
 
@@ -74,7 +74,7 @@ def test_batched_runs_equal_per_job_runs(gdexp_cli, store, tmp_path_factory):
     expected, actual = children(store), children(batched_store)
     assert len(expected) == 72 and set(actual) == set(expected)
     outcomes = {r.data.tags["outcome"] for r in expected.values()}
-    assert outcomes == {"converged", "converging", "diverged"}
+    assert {"converged", "diverged"} <= outcomes and len(outcomes) >= 3  # a mixed grid
     assert any("diverged_at_epoch" in r.data.metrics for r in expected.values())
     for overrides, want in expected.items():
         got = actual[overrides]
@@ -120,5 +120,7 @@ def test_batched_sweep_reports_progress_and_nests_runs(gdexp_cli, store):
 def test_per_job_sweep_reports_progress(gdexp_cli, store):
     done = gdexp_cli("-m", "seed=0,1,2,3", "epochs=2", "tracking.log_step_loss=false")
     assert done.returncode == 0, done.stderr
-    for done_runs in (1, 2, 3, 4):
-        assert f"Progress: {done_runs}/4 runs" in done.stdout
+    # One line per finished run, and progress (at most every hydra.sweeper.progress_seconds).
+    for seed in range(4):
+        assert done.stdout.count(f"bgd lr=0.1 seed={seed}: ") == 1
+    assert "Progress: 4/4 runs (100%)" in done.stdout

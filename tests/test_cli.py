@@ -142,17 +142,17 @@ def test_a_job_that_raises_is_failed_while_the_others_finish(store, gdexp_cli):
     script.write_text(
         textwrap.dedent(
             """
-            import gdexp.experiment as experiment
+            import gdexp.run as run
             from gdexp.__main__ import main
 
-            real_train = experiment.train
+            real_train = run.train
 
             def flaky_train(cfg, data, on_epoch=None):
                 if cfg.seed == 1:
                     raise RuntimeError("injected failure for seed 1")
                 return real_train(cfg, data, on_epoch)
 
-            experiment.train = flaky_train
+            run.train = flaky_train
             main()
             """
         )

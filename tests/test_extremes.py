@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from gdexp.config import MethodConfig, RunConfig, validate
-from gdexp.experiment import run_experiment
+from gdexp.run import Destination, run_experiment
+from gdexp.store import Tracker
 from gdexp.outcome import OUTCOMES
 
 configs = st.builds(
@@ -50,10 +51,9 @@ def test_every_extreme_run_ends_with_an_outcome_and_logs_only_finite_values(
     cfg.data.noise_std = values["noise_std"]
     cfg.init.w = values["init_w"]
     uri = f"sqlite:///{tmp_path_factory.getbasetemp()}/extremes.db"
-    cfg.tracking.uri = uri
     validate(cfg)
 
-    summary = run_experiment(cfg)
+    summary = run_experiment(cfg, destination=Destination(Tracker(uri, "gdexp")))
 
     assert summary.outcome in OUTCOMES
     client = MlflowClient(uri)

@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from gdexp.config import MethodConfig, RunConfig
-from gdexp.experiment import run_experiment
-from gdexp.tracking import finite_metrics, flatten, resolve_tracking_uri
+from gdexp.record import finite_metrics, flatten
+from gdexp.run import Destination, run_experiment
+from gdexp.store import Tracker, resolve_tracking_uri
 
 CLIENT_CALLS = ("create_run", "log_batch", "log_metric", "log_param", "set_tag", "log_text",
                 "log_artifact", "log_artifacts", "set_terminated")  # fmt: skip
@@ -34,8 +35,7 @@ def client_calls(monkeypatch) -> Counter:
 
 def test_a_1000_step_sgd_run_logs_its_history_in_a_handful_of_calls(store, client_calls):
     cfg = OmegaConf.structured(RunConfig(method=MethodConfig(name="sgd", batch_size=1), epochs=10))
-    cfg.tracking.uri = store.uri
-    summary = run_experiment(cfg)
+    summary = run_experiment(cfg, destination=Destination(Tracker(store.uri, "gdexp")))
     assert client_calls["log_metric"] == 0 and client_calls["log_param"] == 0
     assert sum(client_calls.values()) <= 8, client_calls
     history = store.client.get_metric_history(summary.run_id, "step_loss")
@@ -45,6 +45,12 @@ def test_a_1000_step_sgd_run_logs_its_history_in_a_handful_of_calls(store, clien
 def test_non_finite_values_are_left_out_not_clamped():
     metrics = finite_metrics("loss", [1.0, math.inf, -math.inf, math.nan, 2.0])
     assert [(m.step, m.value) for m in metrics] == [(0, 1.0), (4, 2.0)]
+
+
+def test_history_points_carry_timestamps_that_increase_with_their_step():
+    # One shared timestamp collapses MLflow's time-axis chart to a vertical line.
+    metrics = finite_metrics("loss", [3.0, 2.0, 1.0], timestamp=1_000)
+    assert [(m.step, m.timestamp) for m in metrics] == [(0, 1_000), (1, 1_001), (2, 1_002)]
 
 
 def test_config_is_flattened_with_dotted_keys():
@@ -59,6 +65,9 @@ def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5005")
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5005"
     assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    # Relative to the launch folder when given (a job that Hydra moved into its own folder).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None, "/launch") == "sqlite:////launch/mlflow.db"
 
 
 def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_folder(
@@ -67,8 +76,7 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_folder(
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.chdir(elsewhere)
     cfg = OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd"), epochs=2))
-    cfg.tracking.uri = store.uri
-    summary = run_experiment(cfg)
+    summary = run_experiment(cfg, destination=Destination(Tracker(store.uri, "gdexp")))
     written = store.folder / "mlruns" / "gdexp" / summary.run_id / "artifacts" / "config.yaml"
     assert "step_size: 0.1" in written.read_text()
     assert not (elsewhere / "mlruns").exists()

@@ -1,0 +1,345 @@
+"""A sweep's life in MLflow: one parent run whose children are exactly the sweep's runs.
+
+`Sweep.open` opens the store, creates the parent run (or reopens the parent of an earlier attempt
+at the same grid made by the same code) and writes the sweep's manifest into the sweep folder;
+each job reads the manifest (`job_destination`) to log its run under that parent, on any
+launcher that shares the folder. `Sweep.close` tallies the children from the store itself, so
+the tally is the same whichever sweeper or launcher ran them, marks what an interruption cut
+short, records the best run and closes the parent.
+
+gdexp's grid sweeper opens a sweep after validating the whole grid and skips the configs an
+earlier attempt finished; any other sweeper (basic, Optuna) gets a tracked sweep through the
+callback in `hydra_plugins.gdexp_plugins.multirun_callback`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hydra.errors import CompactHydraException
+from mlflow.entities import Run
+
+from gdexp import names, record
+from gdexp.outcome import OUTCOMES
+from gdexp.run import Destination
+from gdexp.store import Tracker, first_line
+
+log = logging.getLogger(__name__)
+
+# Sweeps opened in this process and not closed yet: what an interrupt must close
+# (`close_open_sweeps`), whichever sweeper opened them.
+_open_sweeps: list[Sweep] = []
+
+
+class CodeChanged(CompactHydraException):
+    """An interrupted sweep would be resumed with other code than it started with."""
+
+
+@dataclass(frozen=True)
+class SweepManifest:
+    """What a job needs to log under its sweep; a file in the sweep folder."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    retry_seconds: float
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / names.SWEEP_MANIFEST).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, folder: Path) -> SweepManifest | None:
+        path = folder / names.SWEEP_MANIFEST
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def job_destination(manifest: SweepManifest) -> Destination:
+    """A job's store and parent run. A job of a running sweep waits out a server restart."""
+    from gdexp.store import open_tracker
+
+    tracker = open_tracker(
+        manifest.tracking_uri,
+        manifest.experiment,
+        manifest.retry_seconds,
+        wait_for_server=manifest.retry_seconds,
+    )
+    return Destination(tracker, manifest.parent_run_id)
+
+
+def grid_hash(config_hashes: Sequence[str]) -> str:
+    """A sweep's identity: the set of its configs (each a config hash)."""
+    return hashlib.sha256(" ".join(sorted(set(config_hashes))).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Tally:
+    """A closed sweep, counted from its children in the store: each config once."""
+
+    runs: list[Run]  # the latest attempt of each config
+    outcomes: Counter = field(default_factory=Counter)  # of the FINISHED runs
+    failed: int = 0
+    killed: int = 0  # runs whose latest attempt was cut short
+    marked_killed: int = 0  # runs this close marked KILLED (RUNNING when the sweep stopped)
+    superseded: int = 0  # earlier attempts that a later one re-ran
+    best: Run | None = None  # the FINISHED run with the lowest objective
+    best_value: float = math.inf
+
+    @property
+    def finished(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def describe_sweep(command: str, grid: Mapping[str, str], n_runs: int, tally: Tally) -> str:
+    axes = ", ".join(f"{key} ∈ {{{values}}}" for key, values in grid.items()) or "no swept keys"
+    counts = ", ".join(f"{tally.outcomes.get(o, 0)} {o}" for o in OUTCOMES)
+    ended = f"{tally.failed} failed, {tally.killed} killed"
+    # The tally first: the MLflow runs table shows only the first ~50 characters.
+    return f"{n_runs} runs: {counts}; {ended}. `{command}` over {axes}."
+
+
+class Sweep:
+    """One sweep's parent run in one experiment of one store."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        parent_run_id: str,
+        folder: Path,
+        grid: Mapping[str, str],
+        n_runs: int | None,
+        done: Mapping[str, Run],
+        retry_seconds: float,
+    ) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.folder = folder
+        self.grid = dict(grid)
+        self.n_runs = n_runs  # None: the sweeper decides as it goes (an optimiser)
+        self.done = dict(done)  # FINISHED runs of an earlier attempt, by config hash
+        self.manifest = SweepManifest(
+            tracker.uri, tracker.experiment, parent_run_id, retry_seconds
+        )
+        self.closed = False
+
+    @classmethod
+    def open(
+        cls,
+        tracker: Tracker,
+        folder: Path,
+        *,
+        grid: Mapping[str, str],
+        sweeper: str,
+        config_hashes: Sequence[str] | None = None,
+        resume: bool = True,
+        retry_seconds: float = 60.0,
+    ) -> Sweep:
+        """Create the sweep's parent run, or reopen the one of an earlier attempt at the same
+        grid of configs (`config_hashes`; None for a sweeper that picks configs as it goes)."""
+        code = record.code_fingerprint()
+        identity = grid_hash(config_hashes) if config_hashes is not None else None
+        parent, done = None, {}
+        if identity is not None and resume:
+            earlier = tracker.search(f"tags.`{names.SWEEP_HASH_TAG}` = '{identity}'")
+            if earlier:
+                latest = max(earlier, key=lambda run: run.info.start_time)
+                old_code = latest.data.tags.get(names.CODE_TAG, "unknown")
+                if old_code != code:
+                    raise CodeChanged(
+                        f"This sweep was started ({latest.info.run_id}) with code {old_code}; the "
+                        f"code is now {code}, so its runs would not be comparable. Start it afresh "
+                        "with tracking.resume=false."
+                    )
+                parent = latest.info.run_id
+                done = {
+                    run.data.tags[names.CONFIG_HASH_TAG]: run
+                    for run in tracker.children(parent, "FINISHED")
+                    if names.CONFIG_HASH_TAG in run.data.tags
+                }
+                tracker.client.update_run(parent, status="RUNNING")
+        n_runs = len(set(config_hashes)) if config_hashes is not None else None
+        if parent is None:
+            tags = {
+                **record.provenance_tags(),
+                names.KIND_TAG: names.SWEEP_KIND,
+                names.SWEEPER_TAG: sweeper,
+                names.SWEEP_DIR_TAG: str(folder.resolve()),
+                **{f"{names.GRID_TAG_PREFIX}{key}": values for key, values in grid.items()},
+            }
+            if identity is not None:
+                tags[names.SWEEP_HASH_TAG] = identity
+                tags[names.N_RUNS_TAG] = str(n_runs)
+            size = f" ({n_runs} runs)" if n_runs is not None else ""
+            parent = tracker.start_run(f"sweep {folder.name}{size}", tags=tags)
+        sweep = cls(tracker, parent, folder, grid, n_runs, done, retry_seconds)
+        sweep.manifest.write(folder)
+        _open_sweeps.append(sweep)
+        return sweep
+
+    def todo(self, config_hashes: Sequence[str]) -> list[int]:
+        """Indices of the configs still to run: those an earlier attempt did not finish."""
+        return [i for i, h in enumerate(config_hashes) if h not in self.done]
+
+    def destination(self) -> Destination:
+        return Destination(self.tracker, self.parent_run_id)
+
+    def close(self, interrupted: bool = False, objective: str = "final_loss") -> Tally:
+        """Count the children, mark what an interruption cut short, record the tally and the
+        best run on the parent, and close it: KILLED if interrupted, FAILED if a run failed or
+        was killed, else FINISHED."""
+        tracker = self.tracker
+        children = tracker.children(self.parent_run_id)
+        # A child still RUNNING when its sweep has stopped will not finish.
+        cut_short = {r.info.run_id for r in children if r.info.status in ("RUNNING", "SCHEDULED")}
+        for run_id in cut_short:
+            tracker.end_run(run_id, "KILLED")
+        tally = self._tally(children, cut_short, objective)
+        tally.marked_killed = len(cut_short)
+        status = (
+            "KILLED" if interrupted else "FAILED" if tally.failed or tally.killed else "FINISHED"
+        )
+        tracker.log(self.parent_run_id, tags=self._summary_tags(tally, objective))
+        tracker.client.log_dict(
+            self.parent_run_id,
+            {"run_ids": sorted(run.info.run_id for run in tally.runs)},
+            names.SWEEP_RUNS_ARTIFACT,
+        )
+        tracker.end_run(self.parent_run_id, status)
+        self.closed = True
+        if self in _open_sweeps:
+            _open_sweeps.remove(self)
+        return tally
+
+    def _tally(self, children: Sequence[Run], cut_short: set[str], objective: str) -> Tally:
+        by_config: dict[str, list[Run]] = {}
+        for run in children:
+            # A grid sweep counts each config once; an optimiser's trials are each their own.
+            key = run.data.tags.get(names.CONFIG_HASH_TAG) if self.n_runs is not None else None
+            by_config.setdefault(key or run.info.run_id, []).append(run)
+        tally = Tally(runs=[])
+        rank = {"FINISHED": 2, "FAILED": 1, "KILLED": 0}
+
+        def status(run: Run) -> str:
+            return "KILLED" if run.info.run_id in cut_short else run.info.status
+
+        for attempts in by_config.values():
+            attempts.sort(key=lambda r: (rank.get(status(r), 0), r.info.start_time))
+            latest = attempts[-1]
+            tally.runs.append(latest)
+            for earlier in attempts[:-1]:
+                tally.superseded += 1
+                if earlier.data.tags.get(names.SUPERSEDED_BY_TAG) != latest.info.run_id:
+                    self.tracker.client.set_tag(
+                        earlier.info.run_id, names.SUPERSEDED_BY_TAG, latest.info.run_id
+                    )
+            if status(latest) == "FINISHED":
+                tally.outcomes[latest.data.tags.get(names.OUTCOME_TAG, "unknown")] += 1
+            elif status(latest) == "KILLED":
+                tally.killed += 1
+            else:
+                tally.failed += 1
+        tally.best = min(
+            (r for r in tally.runs if status(r) == "FINISHED"),
+            key=lambda r: _objective(r, objective),
+            default=None,
+        )
+        if tally.best is not None:
+            tally.best_value = _objective(tally.best, objective)
+        return tally
+
+    def _summary_tags(self, tally: Tally, objective: str) -> dict[str, str]:
+        command = record.command_line()
+        n_runs = self.n_runs if self.n_runs is not None else len(tally.runs)
+        tags = {
+            names.NOTE_TAG: describe_sweep(command, self.grid, n_runs, tally),
+            names.COMMAND_TAG: command,
+            names.N_RUNS_TAG: str(n_runs),
+            names.FAILED_RUNS_TAG: str(tally.failed),
+            names.KILLED_RUNS_TAG: str(tally.killed),
+            names.REUSED_RUNS_TAG: str(len(self.done)),
+            **{f"{names.RUNS_TAG_PREFIX}{o}": str(tally.outcomes.get(o, 0)) for o in OUTCOMES},
+        }
+        best = tally.best
+        if best is not None:
+            tags[names.BEST_RUN_TAG] = best.info.run_id
+            tags[f"{names.BEST_PARAM_TAG_PREFIX}{objective}"] = f"{tally.best_value:.6g}"
+            for key in self.grid:
+                if key in best.data.params:
+                    tags[f"{names.BEST_PARAM_TAG_PREFIX}{key}"] = best.data.params[key]
+        return tags
+
+    def close_interrupted(self) -> None:
+        """After Ctrl-C or SIGTERM: mark the runs in flight and the parent KILLED, and say how
+        many runs that was (never more than there were)."""
+        if self.closed:
+            return
+        try:
+            tally = self.close(interrupted=True)
+        except Exception as error:
+            log.error("Sweep interrupted; could not record it: %s", first_line(error))
+            return
+        if tally.marked_killed:
+            log.error(
+                "Sweep interrupted: %d run(s) in flight marked KILLED; %d finished. Run the same "
+                "command again to resume.", tally.marked_killed, tally.finished,
+            )  # fmt: skip
+        else:
+            log.error(
+                "Sweep interrupted with no run in flight; %d finished. Run the same command "
+                "again to resume.", tally.finished,
+            )  # fmt: skip
+
+
+def close_open_sweeps() -> None:
+    """Mark every sweep still open in this process interrupted (after Ctrl-C or SIGTERM)."""
+    for sweep in list(_open_sweeps):
+        sweep.close_interrupted()
+
+
+def _objective(run: Run, objective: str) -> float:
+    metrics = run.data.metrics
+    final = metrics.get("final_loss", math.inf)
+    value = final - metrics.get("optimal_loss", 0.0) if objective == "excess_loss" else final
+    return value if math.isfinite(value) else math.inf
+
+
+
+def outcome_table(tally: Tally) -> str:
+    """The sweep's outcomes per step size (rows) and method (columns), as plain text."""
+    cells: dict[tuple[float, str], Counter] = {}
+    for run in tally.runs:
+        params = run.data.params
+        try:
+            key = (float(params.get("step_size", "nan")), params.get("method.name", "?"))
+        except ValueError:
+            continue
+        status = run.info.status
+        word = run.data.tags.get(names.OUTCOME_TAG, "?") if status == "FINISHED" else status
+        cells.setdefault(key, Counter())[word.lower()] += 1
+    if not cells:
+        return "(no runs)"
+    order = {m: i for i, m in enumerate(names.METHOD_ORDER)}
+    methods = sorted({m for _, m in cells}, key=lambda m: (order.get(m, 99), m))
+    steps = sorted({s for s, _ in cells})
+    rank = {o: i for i, o in enumerate(OUTCOMES)}
+
+    def cell(counter: Counter | None) -> str:
+        if not counter:
+            return "-"
+        words = sorted(counter, key=lambda w: rank.get(w, 99))
+        return ", ".join(f"{counter[w]} {w}" for w in words)
+
+    header = ["step size", *(names.method_short(m) for m in methods)]
+    rows = [[f"{s:g}", *(cell(cells.get((s, m))) for m in methods)] for s in steps]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )

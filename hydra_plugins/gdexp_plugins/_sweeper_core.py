@@ -1,0 +1,145 @@
+"""The work of `hydra/sweeper=gdexp`: the grid, composed and validated whole, run as one
+tracked sweep (gdexp.sweep) on whichever launcher is configured."""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from gdexp.config import ConfigError, config_problems
+from hydra_plugins.gdexp_plugins._common import grid_axes, refuse_intervals, require_gdexp_app
+from hydra_plugins.gdexp_plugins._job_configs import JobConfigs, grid_jobs
+from hydra_plugins.gdexp_plugins._progress import Progress
+
+log = logging.getLogger(__name__)
+
+# Launchers that run jobs in this process one by one: the sweeper hands them the grid in slices
+# so it can report progress between slices. Others (joblib, clusters) get it whole: a slice is a
+# barrier for them.
+_SLICED_LAUNCHERS = ("BasicLauncher",)
+
+
+class SweepFailed(CompactHydraException):
+    pass
+
+
+def job_configs(sweeper: Any, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
+    """Every job's composed config, after checking all of them (all problems in one message)."""
+    composer = JobConfigs(sweeper.hydra_context.config_loader, sweeper.config)
+    configs, problems = [], {}
+    for overrides in jobs:
+        cfg = composer.compose(overrides)
+        for problem in config_problems(cfg):
+            problems.setdefault(problem, " ".join(overrides))
+        configs.append(cfg)
+    if problems:
+        lines = [f"{problem}  (first in job: {job})" for problem, job in problems.items()]
+        raise ConfigError("Invalid sweep, no run was started:\n  " + "\n  ".join(lines))
+    destinations = {(c.tracking.uri, c.tracking.experiment, c.tracking.enabled) for c in configs}
+    if len(destinations) > 1:
+        raise ConfigError(
+            "Invalid sweep, no run was started: tracking.uri, tracking.experiment and "
+            "tracking.enabled cannot be swept; one sweep is one parent run in one experiment."
+        )
+    return configs
+
+
+def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
+    config = sweeper.config
+    require_gdexp_app(config, "hydra/sweeper=gdexp")
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    params = [f"{key}={value}" for key, value in sweeper.params.items()]
+    overrides = parser.parse_overrides(params + arguments)
+    refuse_intervals(overrides)
+    jobs = grid_jobs(overrides)
+    configs = job_configs(sweeper, jobs)
+
+    from gdexp.store import open_tracker, writable_folder
+    from gdexp.sweep import Sweep, outcome_table
+
+    launch_dir = Path(config.hydra.runtime.cwd)
+    sweep_dir = launch_dir / config.hydra.sweep.dir
+    first = configs[0]
+    writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
+    if not first.tracking.enabled:
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        return _launch(sweeper, jobs)
+
+    from gdexp import record
+
+    tracker = open_tracker(
+        first.tracking.uri, first.tracking.experiment, first.tracking.retry_seconds, launch_dir
+    )
+    hashes = [record.config_hash(cfg) for cfg in configs]
+    tracked = Sweep.open(
+        tracker,
+        sweep_dir,
+        grid=grid_axes(overrides),
+        sweeper="gdexp",
+        config_hashes=hashes,
+        resume=first.tracking.resume,
+        retry_seconds=first.tracking.retry_seconds,
+    )
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    todo = tracked.todo(hashes)
+    skipped = len(jobs) - len(todo)
+    resumed = f"; resuming: {skipped} already FINISHED" if skipped else ""
+    log.info(
+        "Sweep of %d runs%s; parent run %s in %s",
+        len(jobs), resumed, tracked.parent_run_id, tracker.uri,
+    )  # fmt: skip
+    try:
+        returns = _launch(sweeper, [jobs[i] for i in todo])
+    except BaseException:  # interrupted: no run of this sweep may stay RUNNING
+        tracked.close_interrupted()
+        raise
+    try:
+        tally = tracked.close(objective=first.objective)
+    except Exception as error:
+        raise SweepFailed(
+            "The end of the sweep could not be recorded: the MLflow store stopped answering "
+            f"({str(error).strip().splitlines()[0][:200]}). Run the same command again once it "
+            "is back: finished runs are kept, the rest run again."
+        ) from error
+    log.info("Sweep done:\n%s\n%s", outcome_table(tally), tracker.ui_hint())
+    failed = [r for batch in returns for r in batch if r.status != JobStatus.COMPLETED]
+    if failed:
+        raise SweepFailed(_failure_report(failed, len(todo)))
+    return returns
+
+
+def _launch(sweeper: Any, jobs: list[Sequence[str]]) -> list[Sequence[JobReturn]]:
+    """Run the jobs in batches of max_batch_size (all at once by default); on a launcher that
+    runs them in this process, in slices with progress between them."""
+    batch_size = sweeper.max_batch_size or max(len(jobs), 1)
+    sliced = type(sweeper.launcher).__name__ in _SLICED_LAUNCHERS
+    step = min(batch_size, max(1, -(-len(jobs) // 20))) if sliced else batch_size
+    progress = Progress(len(jobs), sweeper.progress_seconds)
+    returns = []
+    for start in range(0, len(jobs), step):
+        part = jobs[start : start + step]
+        returns.append(sweeper.launcher.launch(part, initial_job_idx=start))
+        progress(start + len(part))
+    return returns
+
+
+def _failure_report(failed: Sequence[JobReturn], total: int) -> str:
+    lines = []
+    for result in failed:
+        overrides = " ".join(result.overrides)
+        try:
+            result.return_value  # noqa: B018  (re-raises the exception the job raised)
+            continue
+        except Exception as raised:
+            error = raised
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        lines.append(f"  {overrides}: {type(error).__name__}: {first[:300]}")
+    return (
+        f"{len(failed)} of {total} runs failed (marked FAILED in MLflow where it could be "
+        "reached; running the same command again runs them again):\n" + "\n".join(lines)
+    )
