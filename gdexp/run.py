@@ -164,7 +164,9 @@ def _finish(
             return summarize(trajectory, data, cfg.convergence_tolerance)
         tracker = destination.tracker
         name = record.run_name(cfg)
-        with tracker.run(name, destination.parent_run_id, record.run_tags(cfg, overrides)) as run_id:
+        with tracker.run(
+            name, destination.parent_run_id, record.run_tags(cfg, overrides)
+        ) as run_id:
             params, metrics = record.config_record(cfg)
             tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
             if isinstance(trajectory, Exception):

@@ -45,7 +45,9 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def resolve_tracking_uri(configured: str | None = None, launch_dir: str | Path | None = None) -> str:
+def resolve_tracking_uri(
+    configured: str | None = None, launch_dir: str | Path | None = None
+) -> str:
     """`configured`, else $MLFLOW_TRACKING_URI, else sqlite:///<launch folder>/mlflow.db; local
     paths are made absolute against the launch folder (default: the working directory), so every
     job of a sweep writes to the same store wherever it runs (hydra.job.chdir included)."""
@@ -317,5 +319,7 @@ def open_tracker(
     """The store a run or sweep logs to, with MLflow's HTTP retries bounded first."""
     configure_retries(retry_seconds)
     return Tracker(
-        resolve_tracking_uri(configured_uri, launch_dir), experiment, wait_for_server=wait_for_server
+        resolve_tracking_uri(configured_uri, launch_dir),
+        experiment,
+        wait_for_server=wait_for_server,
     )

@@ -124,9 +124,7 @@ class Sweep:
         self.grid = dict(grid)
         self.n_runs = n_runs  # None: the sweeper decides as it goes (an optimiser)
         self.done = dict(done)  # FINISHED runs of an earlier attempt, by config hash
-        self.manifest = SweepManifest(
-            tracker.uri, tracker.experiment, parent_run_id, retry_seconds
-        )
+        self.manifest = SweepManifest(tracker.uri, tracker.experiment, parent_run_id, retry_seconds)
         self.closed = False
 
     @classmethod
@@ -308,7 +306,6 @@ def _objective(run: Run, objective: str) -> float:
     final = metrics.get("final_loss", math.inf)
     value = final - metrics.get("optimal_loss", 0.0) if objective == "excess_loss" else final
     return value if math.isfinite(value) else math.inf
-
 
 
 def outcome_table(tally: Tally) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-
 log = logging.getLogger(__name__)
 
 

@@ -15,10 +15,10 @@ class GdexpConfigsOnly(CompactHydraException):
 
 def require_gdexp_app(config: DictConfig, plugin: str) -> None:
     if not is_gdexp_config(config):
+        missing = [key for key in RunConfig.__dataclass_fields__ if key not in config]
         raise GdexpConfigsOnly(
-            f"{plugin} runs gdexp's configs only, and this app's config is not one "
-            f"(it lacks {', '.join(sorted(RunConfig.__dataclass_fields__))}); "
-            "choose another sweeper or launcher for it."
+            f"{plugin} runs gdexp's configs only, and this app's config is not one (it has no "
+            f"{', '.join(missing[:3])}...): choose another sweeper or launcher for this app."
         )
 
 
