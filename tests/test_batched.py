@@ -124,3 +124,21 @@ def test_per_job_sweep_reports_progress(gdexp_cli, store):
     for seed in range(4):
         assert done.stdout.count(f"bgd lr=0.1 seed={seed}: ") == 1
     assert "Progress: 4/4 runs (100%)" in done.stdout
+
+
+def test_grid_jobs_are_hydras_basic_sweep_in_its_order():
+    # grid_jobs uses Hydra's BasicSweeper.split_arguments (a private module): this pins its
+    # order and its rule that a later value of a key replaces an earlier one.
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.gdexp_plugins._job_configs import grid_jobs
+
+    parsed = OverridesParser.create().parse_overrides(
+        ["seed=0,1", "method=bgd,sgd", "epochs=3", "seed=5,6"]
+    )
+    assert grid_jobs(parsed) == [
+        ["seed=5", "method=bgd", "epochs=3"],
+        ["seed=5", "method=sgd", "epochs=3"],
+        ["seed=6", "method=bgd", "epochs=3"],
+        ["seed=6", "method=sgd", "epochs=3"],
+    ]

@@ -17,6 +17,8 @@ import yaml
 from conftest import REPO, clean_env
 from mlflow.tracking import MlflowClient
 
+from gdexp.outcome import OUTCOMES
+
 LAUNCHER_PRESETS = sorted((REPO / "conf" / "hydra" / "launcher").glob("*.yaml"))
 PARENT_TAG = "mlflow.parentRunId"
 EPOCHS = 20
@@ -47,8 +49,7 @@ def check_sweep(
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["n_runs"] == str(n_jobs)
     assert {c.data.tags[PARENT_TAG] for c in children} == {parent.info.run_id}
-    tally = ("converged", "converging", "diverged")
-    assert sum(int(parent.data.tags[f"runs_{o}"]) for o in tally) == n_jobs
+    assert sum(int(parent.data.tags[f"runs_{o}"]) for o in OUTCOMES) == n_jobs
     assert parent.data.tags["failed_runs"] == "0"
 
     points = {tuple(c.data.params[key] for key in grid) for c in children}
@@ -189,7 +190,9 @@ def test_submitit_local_sweep_lands_every_run_under_one_parent(store):
     # Each job trained in a submitit process: its log there has its one result line.
     logs = list(Path(parent.data.tags["sweep_dir"]).glob(".submitit/*/*_log.out"))
     assert len(logs) == len(children)
-    names = {f"{c.data.params['method.name']} lr=0.1 seed={c.data.params['seed']}" for c in children}
+    names = {
+        f"{c.data.params['method.name']} lr=0.1 seed={c.data.params['seed']}" for c in children
+    }
     for log in logs:
         [line] = [line for line in log.read_text().splitlines() if "final loss" in line]
         assert any(f"{name}: " in line for name in names), line

@@ -11,7 +11,7 @@ millisecond a job.
 import copy
 from collections.abc import Sequence
 
-# Private Hydra APIs, pinned by tests/test_hydra_contract.py: a Hydra release that changes them
+# Private Hydra APIs, pinned by tests/test_batched.py: a Hydra release that changes them
 # fails that test rather than composing different configs.
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
