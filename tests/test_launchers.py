@@ -60,7 +60,7 @@ def check_sweep(
     for child in children:
         run_id, method = child.info.run_id, child.data.params["method.name"]
         assert child.info.status == "FINISHED", child.info.run_name
-        assert child.data.tags["outcome"] in tally
+        assert child.data.tags["outcome"] in OUTCOMES
         for key in ("loss", "w", "b"):
             assert len(history(client, run_id, key)) == EPOCHS, (child.info.run_name, key)
         assert len(history(client, run_id, "step_loss")) == STEPS[method], child.info.run_name
