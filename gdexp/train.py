@@ -81,7 +81,13 @@ class TrainSettings:
 
 
 def _mse(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-config mean squared error: w, b of shape (C,), x, y of shape (C, n)."""
+    """Per-config mean squared error: w, b of shape (C,), x, y of shape (C, n).
+
+    The tutorial's own ops in its order (w·x, + b, − y, ** 2, mean), and autograd's gradient of
+    them: each row's sums run over that row alone, as the tutorial's run over its one data set, so
+    a float32 run reproduces the tutorial's script bit for bit (tests/test_tutorial.py). A
+    hand-written gradient or a fused formula would be equal in exact arithmetic only.
+    """
     return ((w[:, None] * x + b[:, None] - y) ** 2).mean(dim=1)
 
 
