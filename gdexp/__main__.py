@@ -33,18 +33,23 @@ def main(cfg: DictConfig) -> float:
     # Paths are taken from the launch folder, wherever the job runs (hydra.job.chdir=true).
     launch_dir = Path(hydra_cfg.runtime.cwd)
 
+    manifest = None
+    if cfg.tracking.enabled:
+        from gdexp.store import SweepManifest, preflight, resolve_tracking_uri
+
+        manifest = SweepManifest.read(launch_dir / hydra_cfg.sweep.dir) if job_of_sweep else None
+        if manifest is None:  # a store that cannot be used is refused before torch loads
+            preflight(resolve_tracking_uri(cfg.tracking.uri, launch_dir))
+
     # Imported here: composing, validating, --help and refusals never load torch or MLflow.
     from gdexp.run import objective_value, run_experiment
 
     destination = None
     if cfg.tracking.enabled:
-        from gdexp.run import Destination
-        from gdexp.store import open_tracker
-        from gdexp.sweep import SweepManifest, job_destination
+        from gdexp.store import Destination, open_tracker
 
-        manifest = SweepManifest.read(launch_dir / hydra_cfg.sweep.dir) if job_of_sweep else None
         if manifest is not None:
-            destination = job_destination(manifest)
+            destination = manifest.destination()
         else:
             tracking = cfg.tracking
             destination = Destination(

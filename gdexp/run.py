@@ -11,7 +11,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,7 +23,7 @@ from gdexp.outcome import RunSummary, summarize
 from gdexp.train import TrainSettings, Trajectory, train, train_many
 
 if TYPE_CHECKING:
-    from gdexp.store import Tracker
+    from gdexp.store import Destination
 
 log = logging.getLogger(__name__)
 # Per-epoch lines: shown for a single run; in a sweep with `hydra.verbose=gdexp.epochs`.
@@ -31,14 +31,6 @@ epoch_log = logging.getLogger("gdexp.epochs")
 
 # Tensor elements (configs × recorded steps) one batched training may hold: about 0.4 GB.
 MAX_BATCH_ELEMENTS = 50_000_000
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a run is logged: a store and experiment, and the sweep's parent run if any."""
-
-    tracker: Tracker
-    parent_run_id: str | None = None
 
 
 def objective_value(summary: RunSummary, objective: str) -> float:

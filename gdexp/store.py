@@ -1,6 +1,10 @@
 """Where runs are stored: the MLflow store's address, opening it (with one-line errors), and the
 Tracker that creates, logs to, searches and closes runs.
 
+MLflow is imported when a Tracker is made, not with this module: `preflight` checks a store
+(a server that answers, a SQLite file that can be written) before anything heavy is loaded, so
+a refusal comes at once.
+
 Everything is logged through `MlflowClient.log_batch` in chunks MLflow accepts (1,000 metrics,
 100 params, 100 tags a call), so a run costs a handful of calls however long its history is.
 """
@@ -8,19 +12,24 @@ Everything is logged through `MlflowClient.log_batch` in chunks MLflow accepts (
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.errors import CompactHydraException
-from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.tracking import MlflowClient
 
-from gdexp.names import ERROR_TAG, PARENT_TAG, TRACKING_URI_ENV
+from gdexp.names import ERROR_TAG, PARENT_TAG, SWEEP_MANIFEST, TRACKING_URI_ENV
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Run
+    from mlflow.tracking import MlflowClient
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -106,6 +115,50 @@ def _sqlite_setup_lock(uri: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+# A new store's schema takes about 1 MB: a folder that cannot take that much fails here, in one
+# line, instead of half-way through MLflow's migration.
+NEW_STORE_BYTES = 2**20
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """Say in one line why a SQLite store cannot be used, before MLflow tries (it retries a
+    database it cannot open for about two minutes, and a read-only or corrupt file ends in a
+    long SQL traceback)."""
+
+    def refuse(problem: str, advice: str) -> TrackingUnavailable:
+        return TrackingUnavailable(f"Cannot use the MLflow store {path}: {problem}. {advice}")
+
+    elsewhere = "Point tracking.uri (or MLFLOW_TRACKING_URI) at a writable place."
+    if not path.parent.is_dir():
+        raise refuse(f"its folder {path.parent} does not exist", "Create it, or " + elsewhere)
+    if path.exists():
+        try:
+            with path.open("r+b") as database:  # opened for writing, nothing written
+                header = database.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise refuse(f"the file cannot be written ({error.strerror})", elsewhere) from error
+        if header and header != SQLITE_HEADER:
+            raise refuse(
+                "the file is not an SQLite database (corrupt, or something else)",
+                "Move it away, or " + elsewhere,
+            )
+    # SQLite writes a journal beside the database, so the folder must take new files too.
+    probe = path.parent / f".{path.name}.gdexp-probe"
+    size = 0 if path.exists() else NEW_STORE_BYTES
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        what = "full" if error.errno == errno.ENOSPC else f"not writable ({error.strerror})"
+        raise refuse(f"its folder {path.parent} is {what}", elsewhere) from error
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def _check_server(uri: str, wait_seconds: float = 0.0) -> None:
     """Fail in one line when nothing answers at a server address, at once or after waiting up to
     `wait_seconds` for it to come back (MLflow's own client would retry for minutes first)."""
@@ -137,6 +190,16 @@ def writable_folder(folder: Path, what: str) -> None:
             f"Cannot write {what} {folder}: {error.strerror or first_line(error)}. Launch from a "
             "writable folder, or point Hydra elsewhere (hydra.run.dir=..., hydra.sweep.dir=...)."
         ) from error
+
+
+def preflight(uri: str, wait_for_server: float = 0.0) -> None:
+    """Fail in one line if the store at `uri` cannot be used: a server that does not answer, a
+    SQLite file or folder that cannot be written, or is full or corrupt."""
+    if is_server(uri):
+        _check_server(uri, wait_for_server)
+    database = sqlite_path(uri)
+    if database is not None:
+        _check_sqlite_store(database)
 
 
 def first_line(error: BaseException) -> str:
@@ -175,8 +238,9 @@ class Tracker:
         self.uri = uri
         self.experiment = experiment
         self._artifact_uris: dict[str, str] = {}
-        if is_server(uri):
-            _check_server(uri, wait_for_server)
+        preflight(uri, wait_for_server)
+        from mlflow.tracking import MlflowClient
+
         try:
             with _sqlite_setup_lock(uri):
                 self.client = client or MlflowClient(tracking_uri=uri)
@@ -235,6 +299,8 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
     ) -> None:
         """Params, metrics and tags in as few `log_batch` calls as MLflow's limits allow."""
+        from mlflow.entities import Param, RunTag
+
         metrics = metrics or []
         param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
@@ -323,3 +389,39 @@ def open_tracker(
         experiment,
         wait_for_server=wait_for_server,
     )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a run is logged: a store and experiment, and the sweep's parent run if any."""
+
+    tracker: Tracker
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepManifest:
+    """Where the jobs of a sweep log their runs: a file in the sweep's folder, written by the
+    process that opened the sweep (gdexp.sweep) and read by every job, on any launcher that
+    shares the folder."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    retry_seconds: float
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SWEEP_MANIFEST).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, folder: Path) -> SweepManifest | None:
+        path = folder / SWEEP_MANIFEST
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def destination(self) -> Destination:
+        """The job's store and parent run. A job of a running sweep waits out a restart of
+        the tracking server, up to the sweep's retry budget."""
+        configure_retries(self.retry_seconds)
+        tracker = Tracker(self.tracking_uri, self.experiment, wait_for_server=self.retry_seconds)
+        return Destination(tracker, self.parent_run_id)

@@ -2,7 +2,7 @@
 
 `Sweep.open` opens the store, creates the parent run (or reopens the parent of an earlier attempt
 at the same grid made by the same code) and writes the sweep's manifest into the sweep folder;
-each job reads the manifest (`job_destination`) to log its run under that parent, on any
+each job reads the manifest (`gdexp.store.SweepManifest`) to log its run under that parent, on any
 launcher that shares the folder. `Sweep.close` tallies the children from the store itself, so
 the tally is the same whichever sweeper or launcher ran them, marks what an interruption cut
 short, records the best run and closes the parent.
@@ -15,12 +15,11 @@ callback in `hydra_plugins.gdexp_plugins.multirun_callback`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
@@ -28,8 +27,7 @@ from mlflow.entities import Run
 
 from gdexp import names, record
 from gdexp.outcome import OUTCOMES
-from gdexp.run import Destination
-from gdexp.store import Tracker, first_line
+from gdexp.store import Destination, SweepManifest, Tracker, first_line
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +38,6 @@ _open_sweeps: list[Sweep] = []
 
 class CodeChanged(CompactHydraException):
     """An interrupted sweep would be resumed with other code than it started with."""
-
-
-@dataclass(frozen=True)
-class SweepManifest:
-    """What a job needs to log under its sweep; a file in the sweep folder."""
-
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    retry_seconds: float
-
-    def write(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / names.SWEEP_MANIFEST).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def read(cls, folder: Path) -> SweepManifest | None:
-        path = folder / names.SWEEP_MANIFEST
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
-
-
-def job_destination(manifest: SweepManifest) -> Destination:
-    """A job's store and parent run. A job of a running sweep waits out a server restart."""
-    from gdexp.store import open_tracker
-
-    tracker = open_tracker(
-        manifest.tracking_uri,
-        manifest.experiment,
-        manifest.retry_seconds,
-        wait_for_server=manifest.retry_seconds,
-    )
-    return Destination(tracker, manifest.parent_run_id)
 
 
 def grid_hash(config_hashes: Sequence[str]) -> str:

@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from gdexp.config import MethodConfig, RunConfig, validate
-from gdexp.run import Destination, run_experiment
-from gdexp.store import Tracker
 from gdexp.outcome import OUTCOMES
+from gdexp.run import run_experiment
+from gdexp.store import Destination, Tracker
 
 configs = st.builds(
     dict,

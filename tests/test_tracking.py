@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from gdexp.config import MethodConfig, RunConfig
 from gdexp.record import finite_metrics, flatten
-from gdexp.run import Destination, run_experiment
-from gdexp.store import Tracker, resolve_tracking_uri
+from gdexp.run import run_experiment
+from gdexp.store import Destination, Tracker, resolve_tracking_uri
 
 CLIENT_CALLS = ("create_run", "log_batch", "log_metric", "log_param", "set_tag", "log_text",
                 "log_artifact", "log_artifacts", "set_terminated")  # fmt: skip

@@ -55,14 +55,12 @@ def _destination(config: DictConfig, first: DictConfig) -> Any:
     top-level runs in the configured store."""
     if not first.tracking.enabled:
         return None
-    from gdexp.run import Destination
-    from gdexp.store import open_tracker
-    from gdexp.sweep import SweepManifest, job_destination
+    from gdexp.store import Destination, SweepManifest, open_tracker
 
     launch_dir = Path(config.hydra.runtime.cwd)
     manifest = SweepManifest.read(launch_dir / config.hydra.sweep.dir)
     if manifest is not None:
-        return job_destination(manifest)
+        return manifest.destination()
     tracking = first.tracking
     return Destination(
         open_tracker(tracking.uri, tracking.experiment, tracking.retry_seconds, launch_dir)

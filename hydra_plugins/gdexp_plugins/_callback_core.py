@@ -11,18 +11,30 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+def check_run_folder(config: DictConfig) -> None:
+    from gdexp.store import writable_folder
+
+    writable_folder(
+        Path(config.hydra.run.dir).absolute(), "the run's output folder (hydra.run.dir)"
+    )
+
+
 def open_sweep(config: DictConfig) -> Any:
     from gdexp.config import is_gdexp_config
 
     if not is_gdexp_config(config) or not config.tracking.enabled:
         return None
-    from gdexp.store import open_tracker, writable_folder
-    from gdexp.sweep import Sweep
+    from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
     launch_dir = Path(config.hydra.runtime.cwd)
     sweep_dir = launch_dir / config.hydra.sweep.dir
     writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
     tracking = config.tracking
+    preflight(resolve_tracking_uri(tracking.uri, launch_dir))
+
+    from gdexp.store import open_tracker
+    from gdexp.sweep import Sweep
+
     tracker = open_tracker(tracking.uri, tracking.experiment, tracking.retry_seconds, launch_dir)
     task = list(config.hydra.overrides.task) + [
         f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()
@@ -51,9 +63,17 @@ def _search_space(task: list[str]) -> dict[str, str]:
 
 
 def close_sweep(sweep: Any, config: DictConfig) -> None:
+    from gdexp.store import first_line
     from gdexp.sweep import outcome_table
 
-    tally = sweep.close(objective=config.objective)
+    try:
+        tally = sweep.close(objective=config.objective)
+    except Exception as error:
+        log.error(
+            "The end of the sweep could not be recorded (%s). Its runs are kept; its parent "
+            "run %s stays open.", first_line(error), sweep.parent_run_id,
+        )  # fmt: skip
+        return
     found = ""
     if tally.best is not None:
         chosen = ", ".join(f"{k}={tally.best.data.params.get(k)}" for k in sweep.grid)

@@ -59,8 +59,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     jobs = grid_jobs(overrides)
     configs = job_configs(sweeper, jobs)
 
-    from gdexp.store import open_tracker, writable_folder
-    from gdexp.sweep import Sweep, outcome_table
+    from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
     launch_dir = Path(config.hydra.runtime.cwd)
     sweep_dir = launch_dir / config.hydra.sweep.dir
@@ -69,8 +68,12 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     if not first.tracking.enabled:
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         return _launch(sweeper, jobs)
+    # A store that cannot be used is refused before MLflow and torch load.
+    preflight(resolve_tracking_uri(first.tracking.uri, launch_dir))
 
     from gdexp import record
+    from gdexp.store import open_tracker
+    from gdexp.sweep import Sweep, outcome_table
 
     tracker = open_tracker(
         first.tracking.uri, first.tracking.experiment, first.tracking.retry_seconds, launch_dir
