@@ -92,19 +92,33 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (path.parent / "mlruns" / folder).as_uri()
 
 
+# pg_advisory_lock key of gdexp's store set-up (any fixed 64-bit number, the same everywhere).
+POSTGRES_SETUP_LOCK = 0x6764_6578_7001
+
+
 @contextlib.contextmanager
-def _sqlite_setup_lock(uri: str) -> Iterator[None]:
-    """Holds an exclusive lock on a SQLite store's folder while the store is opened: MLflow
-    creates and migrates a new database on first use, and two processes doing that at once
-    (two sweeps started together) corrupt its schema."""
+def _setup_lock(uri: str) -> Iterator[None]:
+    """Holds a lock that every gdexp process takes while it opens the store: MLflow creates and
+    migrates a new database on first use, and two processes doing that at once (two sweeps
+    started together) corrupt its schema or fail on a half-made table. A SQLite store's folder
+    is locked with flock; a PostgreSQL database with an advisory lock of its own."""
     path = sqlite_path(uri)
-    if path is None:
+    if path is not None:
+        with _folder_lock(path.parent):
+            yield
+    elif uri.startswith(("postgresql", "postgres:")):
+        with _postgres_lock(uri):
+            yield
+    else:
         yield
-        return
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
     import fcntl
 
     try:
-        descriptor = os.open(path.parent, os.O_RDONLY)
+        descriptor = os.open(folder, os.O_RDONLY)
     except OSError:  # no such folder: opening the store will say so
         yield
         return
@@ -113,6 +127,26 @@ def _sqlite_setup_lock(uri: str) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+@contextlib.contextmanager
+def _postgres_lock(uri: str) -> Iterator[None]:
+    import psycopg2
+
+    # SQLAlchemy's postgresql+psycopg2://... is libpq's postgresql://...
+    dsn = "postgresql://" + uri.split("://", 1)[1]
+    try:
+        connection = psycopg2.connect(dsn, connect_timeout=10)
+    except psycopg2.Error:  # opening the store will say why
+        yield
+        return
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (POSTGRES_SETUP_LOCK,))
+        yield
+    finally:
+        connection.close()  # the session ends, and its advisory lock with it
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -242,7 +276,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         try:
-            with _sqlite_setup_lock(uri):
+            with _setup_lock(uri):
                 self.client = client or MlflowClient(tracking_uri=uri)
                 self.experiment_id = self._ensure_experiment(experiment)
         except Exception as error:

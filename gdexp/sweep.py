@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Tally:
     outcomes: Counter = field(default_factory=Counter)  # of the FINISHED runs
     failed: int = 0
     killed: int = 0  # runs whose latest attempt was cut short
-    marked_killed: int = 0  # runs this close marked KILLED (RUNNING when the sweep stopped)
+    killed_in_flight: int = 0  # runs of this attempt that an interruption cut short
     superseded: int = 0  # earlier attempts that a later one re-ran
     best: Run | None = None  # the FINISHED run with the lowest objective
     best_value: float = math.inf
@@ -92,6 +93,7 @@ class Sweep:
         self.done = dict(done)  # FINISHED runs of an earlier attempt, by config hash
         self.manifest = SweepManifest(tracker.uri, tracker.experiment, parent_run_id, retry_seconds)
         self.closed = False
+        self.opened_at = int(time.time() * 1000)  # ms, as MLflow's run start times
 
     @classmethod
     def open(
@@ -165,7 +167,13 @@ class Sweep:
         for run_id in cut_short:
             tracker.end_run(run_id, "KILLED")
         tally = self._tally(children, cut_short, objective)
-        tally.marked_killed = len(cut_short)
+        # Cut short in this attempt: marked KILLED here, or by the run itself as it was stopped.
+        tally.killed_in_flight = sum(
+            1
+            for run in children
+            if run.info.start_time >= self.opened_at
+            and (run.info.run_id in cut_short or run.info.status == "KILLED")
+        )
         status = (
             "KILLED" if interrupted else "FAILED" if tally.failed or tally.killed else "FINISHED"
         )
@@ -249,10 +257,10 @@ class Sweep:
         except Exception as error:
             log.error("Sweep interrupted; could not record it: %s", first_line(error))
             return
-        if tally.marked_killed:
+        if tally.killed_in_flight:
             log.error(
                 "Sweep interrupted: %d run(s) in flight marked KILLED; %d finished. Run the same "
-                "command again to resume.", tally.marked_killed, tally.finished,
+                "command again to resume.", tally.killed_in_flight, tally.finished,
             )  # fmt: skip
         else:
             log.error(

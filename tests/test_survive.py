@@ -24,38 +24,56 @@ def children(store) -> list:
     return [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
 
 
-def test_rerunning_a_sweep_skips_finished_runs_and_runs_the_rest(gdexp_cli, store):
+def sweeps(store) -> dict[str, list]:
+    """Each sweep's parent run id: its children."""
+    runs = store.runs()
+    parents = [r for r in runs if r.data.tags.get("gdexp.kind") == "sweep"]
+    return {
+        p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+        for p in parents
+    }
+
+
+def parent_of(store, n_runs: int):
+    [parent] = [
+        r
+        for r in store.runs()
+        if r.data.tags.get("gdexp.kind") == "sweep" and r.data.tags.get("n_runs") == str(n_runs)
+    ]
+    return parent
+
+
+def test_a_sweep_reuses_only_its_own_runs(gdexp_cli, store):
+    assert gdexp_cli("epochs=3").returncode == 0  # a single run: seed 0, outside any sweep
     first = gdexp_cli("-m", "seed=0,1,2", "epochs=3")
     assert first.returncode == 0, first.stderr
-    again = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")
-    assert again.returncode == 0, again.stderr
-    assert "Resuming: 3 of 5 runs already FINISHED" in again.stdout
-    runs = children(store)
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3", "4"]  # no repeats
-    # The resumed sweep, analysed, is whole: its 2 new runs and the 3 it reused.
-    from gdexp.analysis import load_runs
+    second = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")  # another sweep, overlapping
+    assert second.returncode == 0, second.stderr
+    assert "resuming" not in first.stdout + second.stdout
+    # Each sweep is one parent whose children are exactly its grid: nothing adopted.
+    found = sweeps(store)
+    assert sorted(len(kids) for kids in found.values()) == [3, 5]
+    for kids in found.values():
+        assert all(k.info.status == "FINISHED" for k in kids)
+        assert len({k.data.tags["gdexp.config_hash"] for k in kids}) == len(kids)
+    five = parent_of(store, 5)
+    assert five.data.tags["mlflow.note.content"].startswith("5 runs: ")
+    tally = sum(int(v) for k, v in five.data.tags.items() if k.startswith("runs_"))
+    assert tally == 5 and five.data.tags["reused_runs"] == "0"
 
-    resumed = load_runs(sweep="latest", tracking_uri=store.uri)
-    assert sorted(resumed["seed"]) == [0, 1, 2, 3, 4]
-    # The same command once more: nothing left to run, and the sweep keeps its parent run.
+    # The same sweep again: it is complete, so nothing runs, and it keeps its one parent.
     third = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3")
-    assert "Resuming: 5 of 5 runs already FINISHED" in third.stdout
-    parents = [r for r in store.runs() if r.data.tags.get("gdexp.kind") == "sweep"]
-    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    latest = max(parents, key=lambda r: r.info.start_time)
-    assert latest.data.tags["skipped_runs"] == "5"
-    listed = store.client.download_artifacts(
-        latest.info.run_id, "sweep_runs.json", str(store.folder)
-    )
-    assert len(set(Path(listed).read_text().split('"')) & {r.info.run_id for r in runs}) == 5
-    # A changed value is a different config: it runs.
-    fourth = gdexp_cli("-m", "seed=0,1", "epochs=4")
-    assert "Resuming" not in fourth.stdout
-    assert len(children(store)) == 7
-    # tracking.resume=false runs everything again.
-    fresh = gdexp_cli("-m", "seed=0,1", "epochs=4", "tracking.resume=false")
-    assert "Resuming" not in fresh.stdout
-    assert len(children(store)) == 9
+    assert third.returncode == 0, third.stderr
+    assert "resuming: 5 already FINISHED" in third.stdout
+    assert sorted(len(kids) for kids in sweeps(store).values()) == [3, 5]
+    assert parent_of(store, 5).info.run_id == five.info.run_id
+    assert parent_of(store, 5).data.tags["reused_runs"] == "5"
+
+    # tracking.resume=false starts afresh: a new parent, every run again.
+    fresh = gdexp_cli("-m", "seed=0,1,2,3,4", "epochs=3", "tracking.resume=false")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "resuming" not in fresh.stdout
+    assert sorted(len(kids) for kids in sweeps(store).values()) == [3, 5, 5]
 
 
 def start_sweep(folder: Path, *args: str) -> subprocess.Popen:
@@ -78,7 +96,8 @@ def wait_for(process: subprocess.Popen, text: str, count: int = 1, timeout: floa
     raise AssertionError(f"never saw {text!r} x{count}:\n{''.join(seen)[-3000:]}")
 
 
-SLOW_GRID = ("method=sgd", "seed=range(0,6)", "epochs=150")  # ~1 s a run
+# ~1 s a run; epoch lines (DEBUG in a sweep) shown, to tell when a run is in flight.
+SLOW_GRID = ("method=sgd", "seed=range(0,6)", "epochs=150", "hydra.verbose=gdexp.epochs")
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
@@ -88,7 +107,7 @@ def test_an_interrupted_sweep_leaves_no_run_running_and_resumes(store, how):
     sweep.send_signal(how)
     output, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130
-    assert "Interrupted: the runs in flight are marked KILLED" in output
+    assert "Sweep interrupted: 1 run(s) in flight marked KILLED; 2 finished." in output
     assert "Traceback" not in output
     count = statuses(store)
     assert count["RUNNING"] == 0
@@ -98,23 +117,50 @@ def test_an_interrupted_sweep_leaves_no_run_running_and_resumes(store, how):
     resumed = start_sweep(store.folder, *SLOW_GRID)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "Resuming: 2 of 6 runs already FINISHED" in output
-    finished = [r for r in children(store) if r.info.status == "FINISHED"]
+    assert "resuming: 2 already FINISHED" in output
+    # One parent; its 6 configs FINISHED once each; the killed attempt kept and marked as such.
+    [(parent_id, kids)] = sweeps(store).items()
+    finished = [r for r in kids if r.info.status == "FINISHED"]
     assert sorted(int(r.data.params["seed"]) for r in finished) == list(range(6))
+    [killed] = [r for r in kids if r.info.status == "KILLED"]
+    rerun = [r for r in finished if r.data.params["seed"] == killed.data.params["seed"]]
+    assert killed.data.tags["gdexp.superseded_by"] == rerun[0].info.run_id
+    parent = store.client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert sum(int(v) for k, v in parent.data.tags.items() if k.startswith("runs_")) == 6
+    assert parent.data.tags["killed_runs"] == "0" and parent.data.tags["failed_runs"] == "0"
+    assert parent.data.tags["mlflow.note.content"].startswith("6 runs: ")
+
+
+def test_an_interrupt_before_any_run_says_nothing_of_runs_in_flight(store, caplog):
+    from gdexp.store import Tracker
+    from gdexp.sweep import Sweep
+
+    tracker = Tracker(store.uri, "gdexp")
+    sweep = Sweep.open(
+        tracker, store.folder / "sweep", grid={"seed": "0,1"}, sweeper="gdexp",
+        config_hashes=["a", "b"],
+    )  # fmt: skip
+    sweep.close_interrupted()
+    assert "with no run in flight; 0 finished" in caplog.text
+    assert "marked KILLED" not in caplog.text
+    assert store.client.get_run(sweep.parent_run_id).info.status == "KILLED"
 
 
 def test_a_hard_killed_run_is_run_again_on_resume(store):
-    sweep = start_sweep(store.folder, "method=sgd", "seed=0,1", "epochs=150")
+    grid = ("method=sgd", "seed=0,1", "epochs=150", "hydra.verbose=gdexp.epochs")
+    sweep = start_sweep(store.folder, *grid)
     wait_for(sweep, "epoch 100", count=2)
     sweep.kill()  # SIGKILL: no cleanup at all
     sweep.wait(timeout=30)
     assert statuses(store)["RUNNING"] == 2  # the parent and the run in flight, left as they were
-    resumed = start_sweep(store.folder, "method=sgd", "seed=0,1", "epochs=150")
+    resumed = start_sweep(store.folder, *grid)
     output, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, output
-    assert "Resuming: 1 of 2 runs already FINISHED" in output
+    assert "resuming: 1 already FINISHED" in output
     done = Counter(r.data.params["seed"] for r in children(store) if r.info.status == "FINISHED")
     assert done == {"0": 1, "1": 1}
+    assert statuses(store)["RUNNING"] == 0  # the attempt SIGKILL left RUNNING is now KILLED
 
 
 def test_an_unreachable_server_fails_in_one_line_before_training(gdexp_cli, store):
@@ -137,7 +183,7 @@ def test_an_unwritable_store_fails_in_one_line(gdexp_cli, store):
     blocker.write_text("a file where the store's folder should be")
     done = gdexp_cli(f"tracking.uri=sqlite:///{blocker}/mlflow.db")
     assert done.returncode != 0
-    assert f"Cannot use the MLflow store sqlite:///{blocker}/mlflow.db" in done.stderr
+    assert f"Cannot use the MLflow store {blocker}/mlflow.db: its folder" in done.stderr
     assert "Traceback" not in done.stderr and "epoch" not in done.stdout
 
 
@@ -330,3 +376,38 @@ def test_a_500_run_parallel_sweep_through_a_server_loses_no_run_and_no_point(
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("five_hundred")
     assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == 501
+
+
+def test_a_sweep_rerun_after_a_code_change_refuses_until_started_afresh(store, tmp_path):
+    import shutil
+
+    project = tmp_path / "project"
+    for part in ("gdexp", "conf", "sweeps", "hydra_plugins"):
+        shutil.copytree(REPO / part, project / part, symlinks=True)
+
+    def sweep(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gdexp", "-m", "seed=0,1", "epochs=2", *extra],
+            cwd=store.folder, env=clean_env(PYTHONPATH=str(project)),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = sweep()
+    assert first.returncode == 0, first.stderr
+    [run] = children(store)[:1]
+    assert run.data.tags["gdexp.code"] != "unknown"
+    train = project / "gdexp" / "train.py"
+    train.write_text(train.read_text() + "\n# an edit that could change the numbers\n")
+
+    again = sweep()
+    assert again.returncode != 0
+    assert "Traceback" not in again.stderr
+    [line] = [line for line in again.stderr.splitlines() if "code" in line]
+    old, new = run.data.tags["gdexp.code"], line.split("the code is now ")[1].split(",")[0]
+    assert old in line and new != old and "tracking.resume=false" in line
+    assert len(children(store)) == 2  # nothing ran
+
+    fresh = sweep("tracking.resume=false")
+    assert fresh.returncode == 0, fresh.stderr
+    kids = children(store)
+    assert len(kids) == 4 and {k.data.tags["gdexp.code"] for k in kids} == {old, new}

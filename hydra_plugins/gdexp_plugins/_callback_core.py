@@ -11,12 +11,16 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
-def check_run_folder(config: DictConfig) -> None:
-    from gdexp.store import writable_folder
+def check_run(config: DictConfig) -> None:
+    """A single run's output folder and store, checked before Hydra creates the folder (a
+    failure inside the run would come with Hydra's "Error executing job" line)."""
+    from gdexp.config import is_gdexp_config
+    from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
-    writable_folder(
-        Path(config.hydra.run.dir).absolute(), "the run's output folder (hydra.run.dir)"
-    )
+    folder = Path(config.hydra.run.dir).absolute()
+    writable_folder(folder, "the run's output folder (hydra.run.dir)")
+    if is_gdexp_config(config) and config.tracking.enabled:
+        preflight(resolve_tracking_uri(config.tracking.uri, config.hydra.runtime.cwd))
 
 
 def open_sweep(config: DictConfig) -> Any:

@@ -22,9 +22,9 @@ class TrackedMultirun(Callback):
         self.sweep: Any = None  # gdexp.sweep.Sweep, once opened
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra_plugins.gdexp_plugins._callback_core import check_run_folder
+        from hydra_plugins.gdexp_plugins._callback_core import check_run
 
-        _refuse_in_one_line(check_run_folder, config)
+        _refuse_in_one_line(check_run, config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper.get("_target_") == GDEXP_SWEEPER:
