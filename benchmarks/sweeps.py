@@ -145,7 +145,7 @@ def floor_startup() -> float:
 
 def floor_compute(grid: Grid) -> float:
     """The grid's training alone, batched, in this process (data made beforehand)."""
-    from gdexp.experiment import make_run_data
+    from gdexp.data import make_run_data
     from gdexp.train import TrainSettings, train_many
 
     cfgs = configs(grid)
@@ -163,9 +163,10 @@ def floor_compute(grid: Grid) -> float:
 
 def floor_mlflow(grid: Grid) -> float:
     """MLflow alone: per run, create it, log the same params and metrics in one batch, end it."""
-    from gdexp import tracking
-    from gdexp.experiment import make_run_data
+    from gdexp import record
+    from gdexp.data import make_run_data
     from gdexp.outcome import summarize
+    from gdexp.store import Tracker
     from gdexp.train import train
 
     cfgs = configs(grid)
@@ -174,16 +175,12 @@ def floor_mlflow(grid: Grid) -> float:
         data = make_run_data(cfg)
         trajectory = train(cfg, data)
         summary = summarize(trajectory, data, cfg.convergence_tolerance)
-        payloads.append(
-            (
-                tracking.config_params(cfg),
-                tracking.finite_metrics("step_size", [cfg.step_size])
-                + tracking.result_metrics(trajectory, summary, grid.log_step_loss),
-                tracking.result_tags(summary, "description"),
-            )
-        )
+        cfg.tracking.log_step_loss = grid.log_step_loss
+        params, config_metrics = record.config_record(cfg)
+        metrics, tags = record.result_record(cfg, trajectory, summary)
+        payloads.append((params, config_metrics + metrics, tags))
     with tempfile.TemporaryDirectory() as folder:
-        tracker = tracking.Tracker(f"sqlite:///{folder}/mlflow.db", "floor")
+        tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "floor")
         start = time.perf_counter()
         for i in range(grid.size):
             params, metrics, tags = payloads[i % len(payloads)]

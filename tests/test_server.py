@@ -125,3 +125,38 @@ def test_submitit_sweep_through_the_server(mlflow_server, postgres, tmp_path):
     )
     grid = {"method.name": ["bgd", "sgd"], "step_size": ["0.05"]}
     check_server_sweep(mlflow_server, postgres, tmp_path, experiment, grid)
+
+
+def test_two_sweeps_started_together_on_a_new_postgres_database(postgres, tmp_path):
+    # gdexp talking to PostgreSQL directly: both processes find an empty database and MLflow
+    # creates its schema on first use; gdexp's advisory lock lets one do it while the other waits.
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    uri = postgres.create_database("fresh_for_two")
+    grids = (("seed=0,1,2", "method=bgd"), ("seed=0,1,2", "method=sgd"))
+    sweeps = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gdexp", "-m", *grid, "epochs=3", f"tracking.uri={uri}"],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for grid in grids
+    ]
+    outputs = [sweep.communicate(timeout=300)[0] for sweep in sweeps]
+    assert [s.returncode for s in sweeps] == [0, 0], outputs
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gdexp")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("gdexp.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 2 and len(children) == 6
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.info.status, r.data.tags.get("error")) for r in runs
+    ]
+    assert points_in_postgres(postgres, experiment.experiment_id) == expected_points(children)
