@@ -145,7 +145,7 @@ def test_two_sweeps_started_together_on_a_new_postgres_database(postgres, tmp_pa
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for grid in grids
     ]
     outputs = [sweep.communicate(timeout=300)[0] for sweep in sweeps]
