@@ -25,10 +25,10 @@ __all__ = ["mlflow_server", "postgres"]  # the session fixtures these tests use
 PER_EPOCH = ("loss", "w", "b")
 
 
-def points_in_postgres(postgres: Postgres, experiment_id: str) -> Counter:
+def points_in_postgres(postgres: Postgres, experiment_id: str, database: str = "mlflow") -> Counter:
     """(run id, metric key) -> number of points, read from MLflow's tables in PostgreSQL."""
     rows = postgres.query(
-        "mlflow",
+        database,
         "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid"
         " WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key",
         int(experiment_id),
@@ -139,7 +139,7 @@ def test_two_sweeps_started_together_on_a_new_postgres_database(postgres, tmp_pa
     grids = (("seed=0,1,2", "method=bgd"), ("seed=0,1,2", "method=sgd"))
     sweeps = [
         subprocess.Popen(
-            [sys.executable, "-m", "gdexp", "-m", *grid, "epochs=3", f"tracking.uri={uri}"],
+            [sys.executable, "-m", "gdexp", "-m", *grid, f"tracking.uri={uri}"],
             cwd=tmp_path,
             env=clean_env(),
             stdout=subprocess.PIPE,
@@ -159,4 +159,5 @@ def test_two_sweeps_started_together_on_a_new_postgres_database(postgres, tmp_pa
     assert all(r.info.status == "FINISHED" for r in runs), [
         (r.info.run_name, r.info.status, r.data.tags.get("error")) for r in runs
     ]
-    assert points_in_postgres(postgres, experiment.experiment_id) == expected_points(children)
+    found = points_in_postgres(postgres, experiment.experiment_id, "fresh_for_two")
+    assert found == expected_points(children)
