@@ -402,11 +402,30 @@ class Tracker:
             server = f"`mlflow ui --backend-store-uri {self.uri}`"
         return f"MLflow UI (run {server}): {self.ui_address()}"
 
-    def ui_address(self, base: str = "http://127.0.0.1:5000") -> str:
+    def ui_base(self) -> str:
+        """The UI's address: the server's, or where `mlflow ui` serves a local store."""
+        return self.uri.rstrip("/") if is_server(self.uri) else "http://127.0.0.1:5000"
+
+    def ui_address(self) -> str:
         """The runs table of this experiment in the MLflow UI's model-training view."""
-        if is_server(self.uri):
-            base = self.uri.rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        return (
+            f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs"
+            "?workflowType=machine_learning"
+        )
+
+    def compare_address(self, run_ids: Sequence[str], metric: str = "loss") -> str:
+        """MLflow's metric page for these runs: `metric` against the step (epochs), log y."""
+        from urllib.parse import quote
+
+        query = {
+            "runs": json.dumps(list(run_ids)),
+            "experiments": json.dumps([self.experiment_id]),
+            "plot_metric_keys": json.dumps([metric]),
+            "x_axis": "step",
+            "y_axis_scale": "log",
+        }
+        encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
+        return f"{self.ui_base()}/#/metric/{quote(metric)}?{encoded}"
 
 
 def open_tracker(

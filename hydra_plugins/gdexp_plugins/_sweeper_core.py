@@ -109,7 +109,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
             f"({str(error).strip().splitlines()[0][:200]}). Run the same command again once it "
             "is back: finished runs are kept, the rest run again."
         ) from error
-    log.info("Sweep done:\n%s\n%s", outcome_table(tally), tracker.ui_hint())
+    compare = tracker.compare_address([run.info.run_id for run in tally.runs])
+    log.info(
+        "Sweep done:\n%s\n%s\nLoss curves of its runs: %s",
+        outcome_table(tally), tracker.ui_hint(), compare,
+    )  # fmt: skip
     failed = [r for batch in returns for r in batch if r.status != JobStatus.COMPLETED]
     if failed:
         raise SweepFailed(_failure_report(failed, len(todo)))
