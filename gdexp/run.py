@@ -7,6 +7,7 @@ tensor computation, then each config is logged as its own run with the same cont
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
@@ -23,7 +24,7 @@ from gdexp.outcome import RunSummary, summarize
 from gdexp.train import TrainSettings, Trajectory, train, train_many
 
 if TYPE_CHECKING:
-    from gdexp.store import Destination
+    from gdexp.store import Destination, SweepManifest
 
 log = logging.getLogger(__name__)
 # Per-epoch lines: shown for a single run; in a sweep with `hydra.verbose=gdexp.epochs`.
@@ -112,8 +113,10 @@ def run_grid(
     on_logged: Callable[[int], None] | None = None,
 ) -> list[RunSummary | Exception]:
     """Train validated configs in groups that share a loop structure (one tensor computation a
-    group), then log each as its own run. Returns each config's summary, or the exception that
-    failed it (its run is then marked FAILED); `on_logged(n)` after each run is logged."""
+    group), each config logged as its own run. A group's runs are created before it trains, so
+    a process killed mid-training leaves them RUNNING for its sweep to mark KILLED, never
+    missing. Returns each config's summary, or the exception that failed it (its run is then
+    FAILED); `on_logged(n)` after each run is closed."""
     results: list[RunSummary | Exception | None] = [None] * len(cfgs)
     settings = [TrainSettings.of(cfg) for cfg in cfgs]
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -123,6 +126,9 @@ def run_grid(
     logged = 0
     for indices in groups.values():
         for chunk in _chunks(indices, settings[indices[0]]):
+            run_ids = _start_runs(
+                destination, [cfgs[i] for i in chunk], [overrides[i] for i in chunk]
+            )
             datasets = [make_run_data(cfgs[i]) for i in chunk]
             try:
                 trajectories: Sequence[Trajectory | Exception] = train_many(
@@ -130,37 +136,60 @@ def run_grid(
                 )
             except Exception as error:  # the whole group failed; each of its runs says so
                 trajectories = [error] * len(chunk)
-            for index, data, trajectory in zip(chunk, datasets, trajectories, strict=True):
-                results[index] = _finish(
-                    destination, cfgs[index], overrides[index], data, trajectory
-                )
+            except BaseException:  # interrupted: this group's runs end KILLED
+                if destination is not None:
+                    for run_id in run_ids:
+                        with contextlib.suppress(Exception):
+                            destination.tracker.end_run(run_id, "KILLED")
+                raise
+            for index, run_id, data, trajectory in zip(
+                chunk, run_ids, datasets, trajectories, strict=True
+            ):
+                results[index] = _finish(destination, run_id, cfgs[index], data, trajectory)
                 logged += 1
                 if on_logged is not None:
                     on_logged(logged)
     return results  # type: ignore[return-value]
 
 
+def _start_runs(
+    destination: Destination | None,
+    cfgs: Sequence[DictConfig],
+    overrides: Sequence[Sequence[str]],
+) -> list[str | None]:
+    """Each config's run, created with its tags and config.yaml, before it trains."""
+    if destination is None:
+        return [None] * len(cfgs)
+    from gdexp import record
+
+    tracker = destination.tracker
+    run_ids: list[str | None] = []
+    for cfg, job in zip(cfgs, overrides, strict=True):
+        run_id = tracker.start_run(
+            record.run_name(cfg), destination.parent_run_id, record.run_tags(cfg, job)
+        )
+        tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
+        run_ids.append(run_id)
+    return run_ids
+
+
 def _finish(
     destination: Destination | None,
+    run_id: str | None,
     cfg: DictConfig,
-    overrides: Sequence[str],
     data: Dataset,
     trajectory: Trajectory | Exception,
 ) -> RunSummary | Exception:
     from gdexp import record
 
     try:
-        if destination is None:
+        if destination is None or run_id is None:
             if isinstance(trajectory, Exception):
                 raise trajectory
             return summarize(trajectory, data, cfg.convergence_tolerance)
         tracker = destination.tracker
-        name = record.run_name(cfg)
-        with tracker.run(
-            name, destination.parent_run_id, record.run_tags(cfg, overrides)
-        ) as run_id:
+        with tracker.closing(run_id):
             params, metrics = record.config_record(cfg)
-            tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
             if isinstance(trajectory, Exception):
                 tracker.log(run_id, params=params, metrics=metrics)
                 raise trajectory
@@ -168,7 +197,21 @@ def _finish(
             result_metrics, tags = record.result_record(cfg, trajectory, summary)
             # What the run is and what it did, in as few calls as MLflow's limits allow.
             tracker.log(run_id, params=params, metrics=metrics + result_metrics, tags=tags)
-        log.info(result_line(name, summary))
+        log.info(result_line(record.run_name(cfg), summary))
         return summary
     except Exception as error:
         return error
+
+
+def run_chunk(
+    cfgs: Sequence[DictConfig], overrides: Sequence[Sequence[str]], where: SweepManifest | None
+) -> list[float | Exception]:
+    """A chunk of a grid in one cluster task: `run_grid`, logging to the sweep's store, and each
+    run's objective (or the exception that failed it) handed back to the launching process."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    destination = where.destination() if where is not None else None
+    results = run_grid(cfgs, overrides, destination)
+    return [
+        result if isinstance(result, Exception) else objective_value(result, cfg.objective)
+        for cfg, result in zip(cfgs, results, strict=True)
+    ]

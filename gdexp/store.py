@@ -369,11 +369,18 @@ class Tracker:
     def run(
         self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
     ) -> Iterator[str]:
-        """A run that is always closed: FINISHED, FAILED (with the error as a tag) or KILLED."""
+        """A new run that is always closed: see `closing`."""
         run_id = self.start_run(name, parent_run_id, tags)
+        with self.closing(run_id):
+            yield run_id
+
+    @contextlib.contextmanager
+    def closing(self, run_id: str) -> Iterator[None]:
+        """Closes a run however the block ends: FINISHED, FAILED (with the error as a tag) or
+        KILLED (interrupted)."""
         status = "FAILED"
         try:
-            yield run_id
+            yield
             status = "FINISHED"
         except (KeyboardInterrupt, SystemExit):
             status = "KILLED"
@@ -389,7 +396,7 @@ class Tracker:
                 if status == "FINISHED":
                     raise
                 # Do not hide why the run stopped behind why it could not be closed; a run left
-                # RUNNING is run again by the next resume.
+                # RUNNING is marked KILLED when its sweep closes, and run again on resume.
                 log.error("Could not mark run %s %s: %s", run_id, status, first_line(error))
 
     def ui_hint(self) -> str:
@@ -460,7 +467,7 @@ class SweepManifest:
 
     tracking_uri: str
     experiment: str
-    parent_run_id: str
+    parent_run_id: str | None  # None: top-level runs (tracked, but not a sweep)
     retry_seconds: float
 
     def write(self, folder: Path) -> None:

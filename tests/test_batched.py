@@ -61,6 +61,37 @@ def histories(store: Store, run_id: str) -> dict:
     }
 
 
+def assert_same_runs(store: Store, other: Store, n_runs: int) -> None:
+    """The two stores hold the same sweep: for each job, the same status, name, params, metrics,
+    tags (but where the command ran), every history point and config.yaml, bit for bit."""
+    expected, actual = children(store), children(other)
+    assert len(expected) == n_runs and set(actual) == set(expected)
+    outcomes = {r.data.tags["outcome"] for r in expected.values()}
+    assert {"converged", "diverged"} <= outcomes and len(outcomes) >= 3  # a mixed grid
+    assert any("diverged_at_epoch" in r.data.metrics for r in expected.values())
+
+    def comparable(tags: dict) -> dict:
+        return {
+            k: v
+            for k, v in tags.items()
+            if (not k.startswith("mlflow.") or k == "mlflow.note.content") and k != "command"
+        }
+
+    for overrides, want in expected.items():
+        got = actual[overrides]
+        assert got.info.status == want.info.status == "FINISHED"
+        assert got.info.run_name == want.info.run_name
+        assert got.data.params == want.data.params
+        assert got.data.metrics == want.data.metrics  # latest values: finals, step_size, ...
+        assert comparable(got.data.tags) == comparable(want.data.tags)
+        assert histories(other, got.info.run_id) == histories(store, want.info.run_id)
+        configs = [
+            Path(s.client.download_artifacts(r.info.run_id, "config.yaml", str(s.folder)))
+            for s, r in ((other, got), (store, want))
+        ]
+        assert configs[0].read_text() == configs[1].read_text()
+
+
 @pytest.mark.slow
 def test_batched_runs_equal_per_job_runs(gdexp_cli, store, tmp_path_factory):
     per_job = gdexp_cli("-m", *GRID)
@@ -71,34 +102,7 @@ def test_batched_runs_equal_per_job_runs(gdexp_cli, store, tmp_path_factory):
     assert "Progress: 72/72 runs (100%)" in batched.stdout
     batched_store = Store(other, f"sqlite:///{other}/mlflow.db")
 
-    expected, actual = children(store), children(batched_store)
-    assert len(expected) == 72 and set(actual) == set(expected)
-    outcomes = {r.data.tags["outcome"] for r in expected.values()}
-    assert {"converged", "diverged"} <= outcomes and len(outcomes) >= 3  # a mixed grid
-    assert any("diverged_at_epoch" in r.data.metrics for r in expected.values())
-    for overrides, want in expected.items():
-        got = actual[overrides]
-        assert got.info.status == want.info.status == "FINISHED"
-        assert got.info.run_name == want.info.run_name
-        assert got.data.params == want.data.params
-        assert got.data.metrics == want.data.metrics  # latest values: finals, step_size, ...
-        mine = {
-            k: v
-            for k, v in got.data.tags.items()
-            if (not k.startswith("mlflow.") or k == "mlflow.note.content") and k != "command"
-        }
-        theirs = {
-            k: v
-            for k, v in want.data.tags.items()
-            if (not k.startswith("mlflow.") or k == "mlflow.note.content") and k != "command"
-        }
-        assert mine == theirs
-        assert histories(batched_store, got.info.run_id) == histories(store, want.info.run_id)
-        configs = [
-            Path(s.client.download_artifacts(r.info.run_id, "config.yaml", str(s.folder)))
-            for s, r in ((batched_store, got), (store, want))
-        ]
-        assert configs[0].read_text() == configs[1].read_text()
+    assert_same_runs(store, batched_store, 72)
 
 
 def test_batched_sweep_reports_progress_and_nests_runs(gdexp_cli, store):

@@ -22,7 +22,24 @@ def launch(
 ) -> Sequence[JobReturn]:
     config = launcher.config
     require_gdexp_app(config, "hydra/launcher=batched")
-    composer = JobConfigs(launcher.hydra_context.config_loader, config)
+    configs = compose_jobs(launcher, job_overrides)
+
+    from gdexp.run import objective_value, run_grid  # torch: only once this launcher runs
+
+    manifest = job_manifest(config, configs[0]) if configs else None
+    destination = manifest.destination() if manifest is not None else None
+    log.info("Training %d runs batched in one process", len(configs))
+    results = run_grid(
+        configs, job_overrides, destination, Progress(len(configs), launcher.progress_seconds)
+    )
+    results = [r if isinstance(r, Exception) else objective_value(r, c.objective)
+               for r, c in zip(results, configs, strict=True)]  # fmt: skip
+    return job_returns(config, job_overrides, configs, results)
+
+
+def compose_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
+    """Each job's config, composed once per set of group choices and validated."""
+    composer = JobConfigs(launcher.hydra_context.config_loader, launcher.config)
     configs = []
     for overrides in job_overrides:
         cfg = composer.compose(overrides)
@@ -30,38 +47,40 @@ def launch(
         if problems:
             raise ConfigError(f"Invalid config ({' '.join(overrides)}): {'; '.join(problems)}")
         configs.append(cfg)
-
-    from gdexp.run import objective_value, run_grid  # torch: only once this launcher runs
-
-    destination = _destination(config, configs[0]) if configs else None
-    log.info("Training %d runs batched in one process", len(configs))
-    results = run_grid(
-        configs, job_overrides, destination, Progress(len(configs), launcher.progress_seconds)
-    )
-    returns = []
-    for overrides, cfg, result in zip(job_overrides, configs, results, strict=True):
-        ret = JobReturn(overrides=list(overrides), cfg=cfg, task_name=config.hydra.job.name)
-        if isinstance(result, Exception):
-            ret.status, ret.return_value = JobStatus.FAILED, result
-        else:
-            ret.status = JobStatus.COMPLETED
-            ret.return_value = objective_value(result, cfg.objective)
-        returns.append(ret)
-    return returns
+    return configs
 
 
-def _destination(config: DictConfig, first: DictConfig) -> Any:
-    """The sweep's parent run from its manifest; without one (tracking on, no sweep opened),
-    top-level runs in the configured store."""
+def job_manifest(config: DictConfig, first: DictConfig) -> Any:
+    """Where the jobs log: the sweep's manifest; without one (tracking on, no sweep opened),
+    top-level runs in the configured store; None without tracking."""
     if not first.tracking.enabled:
         return None
-    from gdexp.store import Destination, SweepManifest, open_tracker
+    from gdexp.store import SweepManifest, resolve_tracking_uri
 
     launch_dir = Path(config.hydra.runtime.cwd)
     manifest = SweepManifest.read(launch_dir / config.hydra.sweep.dir)
     if manifest is not None:
-        return manifest.destination()
+        return manifest
     tracking = first.tracking
-    return Destination(
-        open_tracker(tracking.uri, tracking.experiment, tracking.retry_seconds, launch_dir)
+    return SweepManifest(
+        resolve_tracking_uri(tracking.uri, launch_dir),
+        tracking.experiment,
+        None,
+        tracking.retry_seconds,
     )
+
+
+def job_returns(
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    configs: Sequence[DictConfig],
+    results: Sequence[Any],
+) -> list[JobReturn]:
+    """Hydra's JobReturns: the objective of each run, or the exception that failed it."""
+    returns = []
+    for overrides, cfg, result in zip(job_overrides, configs, results, strict=True):
+        ret = JobReturn(overrides=list(overrides), cfg=cfg, task_name=config.hydra.job.name)
+        ret.status = JobStatus.FAILED if isinstance(result, Exception) else JobStatus.COMPLETED
+        ret.return_value = result
+        returns.append(ret)
+    return returns

@@ -1,0 +1,82 @@
+"""`hydra/launcher=slurm_batched` on the session's live SLURM cluster (tests/slurm.py): a grid in
+chunks, one array task per chunk, each run logged as its own child, bit-identical to the local
+batched launcher; a cancelled task leaves nothing RUNNING and a re-run completes the sweep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import Store, clean_env
+from slurm import SlurmCluster, slurm_cluster
+from test_batched import GRID, assert_same_runs
+
+__all__ = ["slurm_cluster"]  # the session fixture used here
+
+pytestmark = pytest.mark.slow
+
+
+def chunked(cluster: SlurmCluster, store: Store, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "gdexp", "-m", *args, "hydra/launcher=slurm_batched",
+            f"hydra.launcher.partition={cluster.partition}", "hydra.launcher.mem_gb=1",
+        ],
+        cwd=store.folder, env=clean_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+    )  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(slurm_cluster, store):
+    yield
+    deadline = time.monotonic() + 60
+    while slurm_cluster.squeue() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert slurm_cluster.squeue() == []
+    assert [r.info.run_name for r in store.runs() if r.info.status == "RUNNING"] == []
+
+
+def test_chunked_cluster_runs_equal_local_batched_runs(
+    slurm_cluster, gdexp_cli, store, tmp_path_factory
+):
+    on_cluster = chunked(slurm_cluster, store, *GRID, "hydra.launcher.runs_per_task=30")
+    output, _ = on_cluster.communicate(timeout=600)
+    assert on_cluster.returncode == 0, output[-5000:]
+    assert "Submitted 72 runs as 3 array tasks of up to 30 runs" in output
+    local = tmp_path_factory.mktemp("local")
+    done = gdexp_cli("-m", *GRID, "hydra/launcher=batched", cwd=local)
+    assert done.returncode == 0, done.stderr
+    assert_same_runs(Store(local, f"sqlite:///{local}/mlflow.db"), store, 72)
+
+
+def test_a_cancelled_task_fails_its_runs_and_a_rerun_completes_the_sweep(slurm_cluster, store):
+    # Two tasks of one long SGD run each; one is cancelled while it trains.
+    grid = ("method=sgd", "seed=0,1", "epochs=2000", "tracking.log_step_loss=false",
+            "hydra.launcher.runs_per_task=1")  # fmt: skip
+    sweep = chunked(slurm_cluster, store, *grid)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        running = [r for r in store.runs() if r.info.status == "RUNNING" and r.data.params]
+        if len(running) == 2:  # both tasks are training (the parent has no params)
+            break
+        time.sleep(1)
+    else:
+        sweep.kill()
+        pytest.fail("the two tasks never both started")
+    [task, *_] = sorted(slurm_cluster.squeue())
+    slurm_cluster.run("scancel", task)
+    output, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode != 0, output[-3000:]
+    assert "ended CANCELLED" in output and "1 of 2 runs failed" in output
+    statuses = sorted(r.info.status for r in store.runs() if r.data.params)
+    assert statuses == ["FINISHED", "KILLED"]
+
+    again = chunked(slurm_cluster, store, *grid)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output[-3000:]
+    assert "resuming: 1 already FINISHED" in output
+    finished = [r for r in store.runs() if r.info.status == "FINISHED" and r.data.params]
+    assert sorted(r.data.params["seed"] for r in finished) == ["0", "1"]
