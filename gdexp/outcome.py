@@ -40,6 +40,14 @@ OSCILLATING = "oscillating"
 DIVERGED = "diverged"
 # Best to worst; the sweep tallies runs over these.
 OUTCOMES = (CONVERGED, CONVERGING, STALLED, OSCILLATING, DIVERGED)
+# Each outcome in a few words, for reports and legends.
+MEANINGS = {
+    CONVERGED: "at most the tolerance of the initial excess loss is left",
+    CONVERGING: "the loss is still falling at the end",
+    STALLED: "the loss is flat at the end, above the optimum",
+    OSCILLATING: "the loss goes up and down at the end, with no trend",
+    DIVERGED: "the loss went to infinity or is still growing at the end",
+}
 
 TAIL_SHARE = 0.25  # the tail: this share of the history's changes ...
 TAIL_MIN = 3  # ... but at least this many

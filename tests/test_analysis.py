@@ -1,8 +1,10 @@
 """gdexp.analysis on real runs: loading, figures, the report and its CLI, and its errors.
 
 One module-scoped lab folder holds a single run, a small earlier sweep and the main sweep
-(bgd, sgd x step size 0.01, 0.1, 1 x seed 0, 1: converging, converged, settling high, and
-blowing up to infinity all occur), run once as real `python -m gdexp` subprocesses.
+(bgd, sgd x step size 0.01, 0.05, 0.1, 1 x seed 0, 1: converged, converging, stalled,
+oscillating and blowing up to infinity all occur), run once as real `python -m gdexp`
+subprocesses. Figures are checked as a reader sees them: drawn with matplotlib's renderer,
+every legend entry must stand for drawn data, and no two texts may overlap.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import clean_env
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
+from matplotlib.text import Text
 from mlflow.entities import Param, Run
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from gdexp import theory
 from gdexp.analysis import (
@@ -27,25 +33,28 @@ from gdexp.analysis import (
     NoRuns,
     StoreNotFound,
     SweepNotFound,
+    figures,
     load_histories,
     load_runs,
     loss_curves,
     parameter_path,
     run_config,
+    sgd_theory_curve,
     step_size_map,
     theory_table,
 )
 from gdexp.analysis import load as load_module
-from gdexp.analysis.figures import DIVERGED_TOP, THEORY_SGD_LABEL
-from gdexp.analysis.report import main, summary_table
-from gdexp.config import RunConfig
-from gdexp.data import make_run_data
-from gdexp.data import least_squares_fit
+from gdexp.analysis.figures import DIVERGED_TOP, THEORY_SGD_LABEL, legend_groups
+from gdexp.analysis.report import AGREES, format_radius, main, summary_table
+from gdexp.data import least_squares_fit, make_run_data
+from gdexp.outcome import OUTCOMES
 
 pytestmark = pytest.mark.slow
 
 NO_STEP_LOSS = "tracking.log_step_loss=false"
-MAIN_SWEEP = ("-m", "method=bgd,sgd", "step_size=0.01,0.1,1", "seed=0,1", NO_STEP_LOSS)
+MAIN_SWEEP = ("-m", "method=bgd,sgd", "step_size=0.01,0.05,0.1,1", "seed=0,1", NO_STEP_LOSS)
+STEP_SIZES = [0.01, 0.05, 0.1, 1.0]
+N_MAIN = 16
 REPORT_FILES = {
     "report.md",
     "summary.csv",
@@ -135,7 +144,7 @@ def cell(runs: pd.DataFrame, method: str, step_size: float) -> pd.DataFrame:
 
 def test_load_runs_gives_one_typed_row_per_child_of_the_sweep(lab: Lab, runs: pd.DataFrame):
     children = {r.info.run_id: r for r in lab.children(lab.main)}
-    assert len(children) == 12
+    assert len(children) == N_MAIN
     assert sorted(runs["run_id"]) == sorted(children)
     assert lab.main.info.run_id not in set(runs["run_id"])
     assert (runs["parent_run_id"] == lab.main.info.run_id).all()
@@ -148,7 +157,7 @@ def test_load_runs_gives_one_typed_row_per_child_of_the_sweep(lab: Lab, runs: pd
     assert dtypes["shuffle"] == "bool"
     assert dtypes["diverged_at_epoch"] == "Int64"
 
-    assert sorted(runs["step_size"].unique()) == [0.01, 0.1, 1.0]
+    assert sorted(runs["step_size"].unique()) == STEP_SIZES
     assert sorted(runs["seed"].unique()) == [0, 1]
     assert set(runs.loc[runs["method"] == "bgd", "batch_size"]) == {100}  # effective: N
     assert set(runs.loc[runs["method"] == "sgd", "batch_size"]) == {1}
@@ -169,17 +178,32 @@ def test_load_runs_gives_one_typed_row_per_child_of_the_sweep(lab: Lab, runs: pd
 
 
 def test_a_run_that_blew_up_has_infinite_final_loss(runs: pd.DataFrame):
-    blew_up = cell(runs, "bgd", 1.0)
-    assert len(blew_up) == 2
-    assert np.isposinf(blew_up["final_loss"]).all()
-    assert blew_up["diverged_at_epoch"].notna().all()
-    # SGD at 0.1 is labelled diverged, but its loss stayed finite: it is not inf.
+    for method in ("bgd", "sgd"):
+        blew_up = cell(runs, method, 1.0)
+        assert len(blew_up) == 2 and (blew_up["outcome"] == "diverged").all()
+        assert np.isposinf(blew_up["final_loss"]).all()
+        assert blew_up["diverged_at_epoch"].notna().all()
+    # SGD at 0.1 rose to ~1e14 and bounces there (float32): oscillating, its loss finite.
     settled = cell(runs, "sgd", 0.1)
-    assert (settled["outcome"] == "diverged").all()
+    assert (settled["outcome"] == "oscillating").all()
     assert np.isfinite(settled["final_loss"]).all() and (settled["final_loss"] > 1e6).all()
     assert settled["diverged_at_epoch"].isna().all()
-    fine = runs[runs["outcome"] != "diverged"]
-    assert len(fine) == 6 and (fine["final_loss"] < fine["initial_loss"]).all()
+    assert (cell(runs, "sgd", 0.05)["outcome"] == "stalled").all()
+
+
+def test_every_outcome_of_the_vocabulary_occurs_in_the_lab(runs: pd.DataFrame):
+    # The lab is built to exercise the figures and the report on every kind of run.
+    assert set(runs["outcome"]) == set(OUTCOMES)
+
+
+def test_sql_and_api_reading_give_the_same_frames(lab: Lab, runs, histories, monkeypatch):
+    monkeypatch.setattr(load_module, "_engine", lambda client: None)  # MLflow's API only
+    through_api = load_runs(sweep="latest", tracking_uri=lab.uri)
+    pd.testing.assert_frame_equal(through_api, runs)
+    assert through_api.attrs == runs.attrs
+    everything = load_runs(tracking_uri=lab.uri)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(load_runs(tracking_uri=lab.uri), everything)
 
 
 def test_sweeps_are_selected_by_id_name_or_latest(lab: Lab, runs: pd.DataFrame):
@@ -196,7 +220,7 @@ def test_sweeps_are_selected_by_id_name_or_latest(lab: Lab, runs: pd.DataFrame):
 
 def test_all_runs_leave_out_only_the_sweep_parents(lab: Lab):
     everything = load_runs(tracking_uri=lab.uri)
-    assert len(everything) == 12 + 2 + 1
+    assert len(everything) == N_MAIN + 2 + 1
     parents = {lab.main.info.run_id, lab.earlier.info.run_id}
     assert not parents & set(everything["run_id"])
     single = everything[everything["run_id"] == lab.single.info.run_id]
@@ -211,7 +235,7 @@ def test_histories_are_complete_and_match_mlflow(lab: Lab, runs, histories):
         r for r in runs["run_id"] if r in set(histories["run_id"])
     ]
     finite = runs[np.isfinite(runs["final_loss"])]
-    assert len(finite) == 8
+    assert len(finite) == N_MAIN - 4
     for run_id in finite["run_id"]:
         of_run = histories[histories["run_id"] == run_id]
         assert list(of_run.loc[of_run["key"] == "loss", "step"]) == list(range(20))
@@ -223,11 +247,14 @@ def test_histories_are_complete_and_match_mlflow(lab: Lab, runs, histories):
     assert list(zip(got["step"], got["value"], strict=True)) == expected
 
 
-def test_bulk_and_per_run_loading_agree(lab: Lab, runs, histories, monkeypatch):
+def test_sql_bulk_and_per_run_loading_agree(lab: Lab, runs, histories, monkeypatch):
     per_run = load_histories(runs, keys=("loss", "w", "b"), bulk=False)
     pd.testing.assert_frame_equal(per_run, histories)
-    monkeypatch.setattr(load_module, "_BULK_CHUNK", 5)  # 12 runs: bulk queries of 5, 5 and 2
+    bulk = load_histories(runs, keys=("loss", "w", "b"), bulk=True)
+    pd.testing.assert_frame_equal(bulk, histories)
+    monkeypatch.setattr(load_module, "_BULK_CHUNK", 5)  # 16 runs: queries of 5, 5, 5 and 1
     pd.testing.assert_frame_equal(load_histories(runs, keys=("loss", "w", "b")), histories)
+    pd.testing.assert_frame_equal(load_runs(sweep="latest", tracking_uri=lab.uri), runs)
     ids = list(runs["run_id"][:3])
     from_ids = load_histories(ids, keys="loss", tracking_uri=lab.uri)
     assert set(from_ids["run_id"]) == set(ids) and set(from_ids["key"]) == {"loss"}
@@ -253,8 +280,10 @@ def test_a_failed_run_loads_without_results(store, lab: Lab, runs):
     (row,) = load_runs(tracking_uri=store.uri).itertuples()
     assert row.status == "FAILED" and row.outcome is None
     assert np.isnan(row.final_loss) and pd.isna(row.diverged_at_epoch)  # unknown, not inf
-    (summary,) = summary_table(load_runs(tracking_uri=store.uri)).itertuples()
-    assert (summary.runs, summary.failed, summary.converged, summary.diverged) == (1, 1, 0, 0)
+    failed = load_runs(tracking_uri=store.uri)
+    (summary,) = summary_table(failed, theory_table(failed)).itertuples()
+    assert (summary.runs, summary.failed, summary.theory_agrees) == (1, 1, 0)
+    assert all(getattr(summary, outcome) == 0 for outcome in OUTCOMES)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -315,39 +344,207 @@ def test_main_returns_1_with_the_message(lab: Lab, tmp_path: Path, capsys):
         load_runs(tracking_uri=f"sqlite:///{nowhere}")
 
 
-# --- figures ----------------------------------------------------------------------------------
+# --- figures: what a reader sees -------------------------------------------------------------
 
 
-def step_lines(ax) -> list:
-    return [line for line in ax.get_lines() if line.get_label().startswith("step size")]
+def renderer(fig: Figure):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def texts(fig: Figure) -> list[Text]:
+    """Every text drawn: titles, axis and tick labels, offset texts, legend texts."""
+    found: list[Text] = []
+    if fig._suptitle is not None:
+        found.append(fig._suptitle)
+    for ax in fig.axes:
+        found += [ax.title, ax._left_title, ax._right_title]
+        for axis, along in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            lo, hi = sorted(axis.get_view_interval())
+            pad = 1e-9 * (abs(lo) + abs(hi))
+            shown = [
+                label  # tick labels outside the view are not drawn
+                for label in axis.get_ticklabels(which="both")
+                if lo - pad <= label.get_position()[along] <= hi + pad
+            ]
+            found += [axis.label, axis.get_offset_text(), *shown]
+    for legend in legends(fig):
+        found += [*legend.get_texts(), legend.get_title()]
+    return [t for t in found if t.get_visible() and t.get_text().strip()]
+
+
+def legends(fig: Figure) -> list:
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def inside(points: np.ndarray, box) -> bool:
+    points = points[np.isfinite(points).all(axis=1)]
+    x, y = points[:, 0], points[:, 1]
+    tol = 1.0
+    return bool(
+        (
+            (x >= box.x0 - tol) & (x <= box.x1 + tol) & (y >= box.y0 - tol) & (y <= box.y1 + tol)
+        ).any()
+    )
+
+
+def shows_data(artist, render) -> bool:
+    """Whether `artist` puts at least one point of its data inside its panel."""
+    ax = artist.axes
+    box = ax.get_window_extent(render)
+    if isinstance(artist, Line2D):
+        return inside(artist.get_transform().transform(artist.get_xydata()), box)
+    if isinstance(artist, PathCollection):  # scatter: the points are its offsets
+        return inside(artist.get_offset_transform().transform(artist.get_offsets()), box)
+    paths = [p.vertices for p in artist.get_paths() if len(p.vertices)]
+    return bool(paths) and inside(artist.get_transform().transform(np.concatenate(paths)), box)
+
+
+def visible_mark(handle) -> bool:
+    line = handle.get_linestyle() not in ("None", "none", "", " ") and handle.get_linewidth() > 0
+    marker = handle.get_marker() not in (None, "None", "none", "", " ")
+    return handle.get_visible() and (line or marker)
+
+
+def check_readable(fig: Figure) -> dict[str, list]:
+    """A reader's checks of a figure; returns its legend entries -> drawn artists.
+
+    Every legend entry has a visible mark and stands for artists that show data in their panel;
+    legends lie outside every panel; no two texts overlap, and no text lies on a panel.
+    """
+    render = renderer(fig)
+    groups = legend_groups(fig)
+    entries = {}
+    for legend in legends(fig):
+        box = legend.get_window_extent(render)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(render)), "a legend lies on a panel"
+        for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+            label = text.get_text()
+            assert visible_mark(handle), f"legend entry {label!r} has no visible mark"
+            drawn = [a for a in groups.get(label, []) if shows_data(a, render)]
+            assert drawn, f"legend entry {label!r} stands for no data in view"
+            entries[label] = drawn
+    boxes = [(t, t.get_window_extent(render).shrunk(0.98, 0.9)) for t in texts(fig)]
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1 :]:
+            assert not box.overlaps(other_box), (text.get_text(), other.get_text())
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(render).shrunk(0.99, 0.99)), (
+                f"text {text.get_text()!r} lies on a panel"
+            )
+    return entries
+
+
+def gids(artist) -> list[str]:
+    return (artist.get_gid() or "").split(figures.GID_SEPARATOR)
+
+
+def step_lines(ax) -> dict[float, Line2D]:
+    return {
+        float(gids(line)[0].removeprefix("step size ")): line
+        for line in ax.get_lines()
+        if gids(line)[0].startswith("step size ")
+    }
 
 
 def test_loss_curves_show_median_and_band_per_step_size(runs, histories):
     fig = loss_curves(runs, histories)
     assert [ax.get_title() for ax in fig.axes] == [
-        "Batch Gradient Descent",
-        "Stochastic Gradient Descent",
+        "Batch Gradient Descent (8 runs)",
+        "Stochastic Gradient Descent (8 runs)",
     ]
     loss = histories[histories["key"] == "loss"].merge(runs, on="run_id")
     for ax, method in zip(fig.axes, ("bgd", "sgd"), strict=True):
-        assert ax.get_xlabel() == "Epoch" and ax.get_ylabel() == "Cost/Total loss"
-        assert ax.get_yscale() == "log"
-        lines, bands = step_lines(ax), ax.collections
-        assert [line.get_label().split(" (")[0] for line in lines] == [
-            "step size 0.01",
-            "step size 0.1",
-            "step size 1",
-        ]
-        assert len(bands) == 3
-        for line, band, step_size in zip(lines, bands, (0.01, 0.1, 1.0), strict=True):
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+        assert ax.get_yscale() == "log"  # 0.17 to 1e14 and beyond: decades
+        lines = step_lines(ax)
+        assert sorted(lines) == STEP_SIZES
+        for step_size, line in lines.items():
             table = cell(loss, method, step_size).pivot(
                 index="step", columns="run_id", values="value"
             )
-            np.testing.assert_array_equal(line.get_xdata(), table.index)
-            np.testing.assert_allclose(line.get_ydata(), table.median(axis=1))
+            n = len(table)
+            np.testing.assert_array_equal(line.get_xdata()[:n], table.index)
+            np.testing.assert_allclose(line.get_ydata()[:n], table.median(axis=1))
+            (band,) = [c for c in ax.collections if gids(c) == gids(line)]
             edges = band.get_paths()[0].vertices[:, 1]
             assert edges.max() == pytest.approx(table.max().max())
             assert edges.min() == pytest.approx(table.min().min())
+        # Step size 1 overflowed in both methods: its line runs up out of the panel, to a ×
+        # at the top at the epoch after its last finite loss.
+        blown = lines[1.0]
+        assert blown.get_ydata()[-1] > ax.get_ylim()[1]
+        (marks,) = [c for c in ax.collections if c.get_gid() == figures.OVERFLOW_LABEL]
+        last = cell(loss, method, 1.0).groupby("run_id")["step"].max()
+        np.testing.assert_array_equal(marks.get_offsets()[:, 0], sorted(set(last + 1)))
+        assert (marks.get_offsets()[:, 1] <= DIVERGED_TOP).all()
+        # The panel's range is the runs that did not diverge, with room above.
+        calm = cell(loss, method, 0.01)["value"]
+        assert ax.get_ylim()[0] < calm.min() and ax.get_ylim()[1] > 100 * calm.max()
+
+
+def test_loss_curves_read_at_a_glance(runs, histories):
+    entries = check_readable(loss_curves(runs, histories))
+    # Four step sizes: a legend entry each, each with its lines in both panels.
+    for step_size in STEP_SIZES:
+        drawn = entries[f"step size {step_size:g}"]
+        assert {a.axes.get_title().split(" (")[0] for a in drawn} == {
+            "Batch Gradient Descent",
+            "Stochastic Gradient Descent",
+        }
+    assert figures.LEAST_SQUARES_LABEL in entries and figures.OVERFLOW_LABEL in entries
+
+
+def many_step_sizes() -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+    """13 step sizes x 2 seeds of two methods, loss curves made up: some fall, some rise, the
+    largest overflow at once (their history is their initial loss alone)."""
+    steps = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    rows, history = [], []
+    for method in ("sgd", "minibatch"):
+        for i, step in enumerate(steps):
+            for seed in (0, 1):
+                run_id = f"{method}-{step}-{seed}"
+                overflow = step >= 0.2
+                outcome = "diverged" if overflow or step == 0.1 else "converging"
+                rows.append((run_id, method, step, seed, outcome, overflow))
+                rate = 0.8 + 0.03 * i if step < 0.1 else 3.0
+                values = [600.0] if overflow else 600.0 * rate ** np.arange(20) + 0.2
+                history += [
+                    (run_id, "loss", k, v * (1 + 0.01 * seed)) for k, v in enumerate(values)
+                ]
+    runs = pd.DataFrame(rows, columns=["run_id", "method", "step_size", "seed", "outcome", "over"])
+    runs = runs.assign(
+        optimal_loss=0.2,
+        final_loss=np.where(runs["over"], np.inf, 1.0),
+        diverged_at_epoch=pd.array([1 if o else None for o in runs["over"]], dtype="Int64"),
+    ).drop(columns="over")
+    return runs, pd.DataFrame(history, columns=["run_id", "key", "step", "value"]), steps
+
+
+def test_many_step_sizes_get_a_colour_bar_that_maps_to_the_lines():
+    runs, history, steps = many_step_sizes()
+    fig = loss_curves(runs, history)
+    entries = check_readable(fig)
+    assert not [label for label in entries if label.startswith("step size")]  # no 13-entry legend
+    (bar_ax,) = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    bar = bar_ax._colorbar
+    assert bar_ax.get_ylabel() == "step size"
+    assert bar.norm.vmin == min(steps) and bar.norm.vmax == max(steps)
+    for ax in fig.axes:
+        if ax is bar_ax:
+            continue
+        lines = step_lines(ax)
+        assert sorted(lines) == steps
+        render = renderer(fig)
+        for step, line in lines.items():
+            # The colour bar says which step size a line is, and every line shows in the panel
+            # (those that overflowed at once run from their first loss up out of the panel).
+            np.testing.assert_allclose(
+                np.array(line.get_color()), np.array(bar.cmap(bar.norm(step))), atol=1e-9
+            )
+            assert shows_data(line, render)
+            assert len(line.get_xdata()) >= 2
 
 
 def test_loss_curves_panels_follow_method_order_and_only_present_methods():
@@ -358,6 +555,9 @@ def test_loss_curves_panels_follow_method_order_and_only_present_methods():
             "method": list(names),
             "step_size": [0.1, 0.1, 0.1],
             "optimal_loss": [0.2, 0.2, 0.2],
+            "final_loss": [0.5, 0.5, 0.5],
+            "outcome": ["converging"] * 3,
+            "diverged_at_epoch": pd.array([None] * 3, dtype="Int64"),
         }
     )
     fake_history = pd.DataFrame(
@@ -366,12 +566,13 @@ def test_loss_curves_panels_follow_method_order_and_only_present_methods():
     )
     titles = [ax.get_title() for ax in loss_curves(fake_runs, fake_history).axes]
     assert titles == [
-        "Batch Gradient Descent",
-        "Stochastic Gradient Descent",
-        "Mini-batch Gradient Descent",
+        "Batch Gradient Descent (1 run)",
+        "Stochastic Gradient Descent (1 run)",
+        "Mini-batch Gradient Descent (1 run)",
     ]
     two = loss_curves(fake_runs[fake_runs["method"] != "bgd"], fake_history)
     assert [ax.get_title() for ax in two.axes] == titles[1:]
+    assert loss_curves(fake_runs, fake_history).axes[0].get_yscale() == "linear"  # 2 to 10
 
 
 def test_figures_take_the_median_over_seeds(runs, histories, theory_frame):
@@ -395,12 +596,12 @@ def test_figures_take_the_median_over_seeds(runs, histories, theory_frame):
     assert len(three) == 3 and three.median() != three.mean()
 
     (ax,) = step_size_map(runs3, theory3, theory_curve=False).axes
-    (median,) = [line for line in ax.get_lines() if line.get_label() == "SGD median over seeds"]
-    assert median.get_ydata()[1] == pytest.approx(three.median())
+    (median,) = [line for line in ax.get_lines() if line.get_gid() == "SGD: median over seeds"]
+    assert median.get_ydata()[STEP_SIZES.index(0.1)] == pytest.approx(three.median())
 
     sgd_panel = loss_curves(runs3, histories3).axes[1]
-    line = step_lines(sgd_panel)[1]
-    assert "3 runs" in line.get_label()
+    assert "(9 runs)" in sgd_panel.get_title()
+    line = step_lines(sgd_panel)[0.1]
     table = histories3[
         histories3["run_id"].isin(runs3.loc[three.index, "run_id"]) & (histories3["key"] == "loss")
     ].pivot(index="step", columns="run_id", values="value")
@@ -409,88 +610,135 @@ def test_figures_take_the_median_over_seeds(runs, histories, theory_frame):
 
 
 def reference_x() -> np.ndarray:
-    return -5.0 + 0.1 * np.arange(100)  # the default data: x_start + x_step * [0 .. 99]
+    return make_run_data(run_config_of_defaults()).x.double().numpy()
+
+
+def run_config_of_defaults():
+    from omegaconf import OmegaConf
+
+    from gdexp.config import MethodConfig, RunConfig
+
+    return OmegaConf.structured(RunConfig(method=MethodConfig(name="sgd", batch_size=1)))
 
 
 def test_step_size_map_draws_runs_medians_thresholds_and_theory(runs, theory_frame):
     fig = step_size_map(runs, theory_frame)
     (ax,) = fig.axes
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert ax.get_xlabel() == "Step size" and "loss" in ax.get_ylabel()
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert ax.get_xlabel() == "step size" and ax.get_ylabel() == "final loss"
+    groups = legend_groups(fig)
 
     # Thresholds, computed here from the data's x alone.
     x = reference_x()
     hessian = 2 / len(x) * np.array([[np.sum(x * x), np.sum(x)], [np.sum(x), len(x)]])
     expected = {
-        "BGD threshold": 2 / np.linalg.eigvalsh(hessian)[-1],
-        "SGD threshold": np.min(1 / (x**2 + 1)),
+        "BGD stable below": 2 / np.linalg.eigvalsh(hessian)[-1],
+        "every SGD step contracts below": np.min(1 / (x**2 + 1)),
     }
     for words, value in expected.items():
-        (label,) = [label for label in lines if label.startswith(words)]
-        np.testing.assert_allclose(lines[label].get_xdata(), [value, value], rtol=1e-9)
+        (label,) = [label for label in groups if label.startswith(words)]
+        (line,) = groups[label]
+        np.testing.assert_allclose(line.get_xdata(), [value, value], rtol=1e-9)
         assert f"{value:.3g}" in label
 
     for method, short in (("bgd", "BGD"), ("sgd", "SGD")):
-        median = lines[f"{short} median over seeds"]
+        (median,) = groups[f"{short}: median over seeds"]
         expected_median = runs[runs["method"] == method].groupby("step_size")["final_loss"]
         expected_median = expected_median.median()
-        np.testing.assert_array_equal(median.get_xdata(), [0.01, 0.1, 1.0])
+        np.testing.assert_array_equal(median.get_xdata(), STEP_SIZES)
         np.testing.assert_allclose(
             median.get_ydata(),
             np.where(np.isfinite(expected_median), expected_median, np.nan),
         )
 
-    collections = {c.get_label(): c for c in ax.collections}
-    for short in ("BGD", "SGD"):  # step size 1 blew up for both: an x at the top, per run
-        marks = collections[f"{short} runs diverged to ∞ (at top)"]
+    # Each run with a finite final loss is a point whose marker is its outcome tag.
+    for outcome, words in figures.OUTCOME_WORDS.items():
+        tagged = runs[(runs["outcome"] == outcome) & np.isfinite(runs["final_loss"])]
+        drawn = groups.get(words, [])
+        points = sorted(tuple(p) for c in drawn for p in np.asarray(c.get_offsets()))
+        assert points == sorted(zip(tagged["step_size"], tagged["final_loss"], strict=True))
+        marker, filled = figures.OUTCOME_MARKERS[outcome]
+        style = MarkerStyle(marker)
+        shape = style.get_path().transformed(style.get_transform()).vertices
+        for collection in drawn:
+            np.testing.assert_allclose(collection.get_paths()[0].vertices, shape)
+            hollow = len(collection.get_facecolors()) == 0 or collection.get_facecolors()[0][3] == 0
+            assert hollow != filled
+    # Step size 1 blew up for both: a × at the top per run, a row per method.
+    rows = []
+    for marks in groups[figures.OVERFLOWED_RUNS_LABEL]:
         offsets = marks.get_offsets()
         np.testing.assert_allclose(offsets[:, 0], [1.0, 1.0])
-        assert (offsets[:, 1] <= DIVERGED_TOP).all() and (offsets[:, 1] > 0.5).all()
-    grew = collections["SGD runs diverged (loss grew, stayed finite)"].get_offsets()
-    settled = cell(runs, "sgd", 0.1)
-    assert sorted(map(tuple, np.asarray(grew))) == sorted(
-        zip(settled["step_size"], settled["final_loss"], strict=True)
-    )
+        rows.append(offsets[0, 1])
+    assert len(rows) == 2 and len(set(rows)) == 2 and max(rows) <= DIVERGED_TOP
 
     # Theory's SGD fixed-point loss at the swept step sizes where its epoch map is stable.
-    sgd_line = lines[THEORY_SGD_LABEL]
-    np.testing.assert_array_equal(sgd_line.get_xdata(), [0.01, 0.1])
-    for step_size, drawn in zip([0.01, 0.1], sgd_line.get_ydata(), strict=True):
-        predicted = [
-            theory.predict(
-                OmegaConf.merge(
-                    OmegaConf.structured(RunConfig),
-                    {"method": {"name": "sgd", "batch_size": 1}, "step_size": step_size, "seed": s},
-                )
-            ).epoch_map.fixed_point_loss
-            for s in (0, 1)
+    stars = [a for a in groups[THEORY_SGD_LABEL] if a.get_marker() == "*"]
+    (sgd_line,) = stars
+    stable = sorted(
+        theory_frame.loc[
+            (theory_frame["method"] == "sgd") & theory_frame["stable"], "step_size"
+        ].unique()
+    )
+    np.testing.assert_array_equal(sgd_line.get_xdata(), stable)
+    for step_size, drawn in zip(stable, sgd_line.get_ydata(), strict=True):
+        cfgs = [
+            run_config(row)
+            for _, row in runs[
+                (runs["method"] == "sgd") & (runs["step_size"] == step_size)
+            ].iterrows()
         ]
+        predicted = [p.epoch_map.fixed_point_loss for p in theory.predict_many(cfgs)]
         assert drawn == pytest.approx(np.median(predicted), rel=1e-9)
+
+
+def test_step_size_map_reads_at_a_glance(runs, theory_frame):
+    entries = check_readable(step_size_map(runs, theory_frame))
+    present = set(runs.loc[np.isfinite(runs["final_loss"]), "outcome"])
+    assert {figures.OUTCOME_WORDS[o] for o in present} <= set(entries)
+    assert figures.OVERFLOWED_RUNS_LABEL in entries and THEORY_SGD_LABEL in entries
+
+
+def test_sgd_theory_curve_is_theory_at_every_step_size(runs):
+    curve = sgd_theory_curve(runs, [0.01, 0.05, 0.1, 0.5])
+    sgd = runs[runs["method"] == "sgd"].drop_duplicates("seed")
+    for step_size, drawn in zip(curve["step_size"], curve["fixed_point_loss"], strict=True):
+        predictions = theory.predict_many(
+            [run_config({**row, "step_size": step_size}) for _, row in sgd.iterrows()]
+        )
+        if all(p.epoch_map.stable for p in predictions):
+            expected = np.median([p.epoch_map.fixed_point_loss for p in predictions])
+            assert drawn == pytest.approx(expected, rel=1e-9)
+        else:
+            assert np.isnan(drawn)
+    assert np.isnan(curve["fixed_point_loss"].iloc[-1])  # 0.5: unstable
 
 
 def test_parameter_path_follows_the_logged_iterates(runs, histories, theory_frame):
     fig = parameter_path(runs, histories, theory=theory_frame)
+    check_readable(fig)
     assert len(fig.axes) == 2
     for ax, method in zip(fig.axes, ("bgd", "sgd"), strict=True):
-        # Default pick: the largest step size whose loss stayed finite, lowest seed.
+        # Default pick: the largest step size whose runs did not diverge, lowest seed.
         row = cell(runs, method, 0.1).sort_values("seed").iloc[0]
         assert ax.get_title().startswith(
             {"bgd": "Batch Gradient Descent", "sgd": "Stochastic Gradient Descent"}[method]
         )
-        assert "step size 0.1, seed 0" in ax.get_title()
+        assert f"step size 0.1, seed 0: {row['outcome']}" in ax.get_title()
         assert ax.get_xlabel() == "w" and ax.get_ylabel() == "b"
         of_run = histories[histories["run_id"] == row["run_id"]]
-        (path,) = [line for line in ax.get_lines() if line.get_label().startswith("(w, b)")]
+        (path,) = [line for line in ax.get_lines() if line.get_gid() == figures.PATH_LABEL]
         expected_w = [row["init_w"], *of_run.loc[of_run["key"] == "w", "value"]]
         expected_b = [row["init_b"], *of_run.loc[of_run["key"] == "b", "value"]]
         np.testing.assert_allclose(path.get_xdata(), expected_w)
         np.testing.assert_allclose(path.get_ydata(), expected_b)
-        assert len(ax.collections) >= 1  # the loss contours
         (w_lo, w_hi), (b_lo, b_hi) = ax.get_xlim(), ax.get_ylim()
         assert w_lo <= min(expected_w) and max(expected_w) <= w_hi
         assert b_lo <= min(expected_b) and max(expected_b) <= b_hi
-        fixed = [line for line in ax.get_lines() if "fixed point" in line.get_label()]
+        fit_w, fit_b, _ = least_squares_fit(make_run_data(run_config(row)))
+        (fit,) = [line for line in ax.get_lines() if line.get_gid() == figures.FIT_LABEL]
+        np.testing.assert_allclose([fit.get_xdata()[0], fit.get_ydata()[0]], [fit_w, fit_b])
+        fixed = [line for line in ax.get_lines() if line.get_gid() == figures.FIXED_POINT_LABEL]
         if method == "sgd":  # SGD circles theory's fixed point, far from the fit
             predicted = theory_frame.set_index("run_id").loc[row["run_id"]]
             np.testing.assert_allclose(fixed[0].get_xdata(), [predicted["fixed_point_w"]])
@@ -505,7 +753,7 @@ def test_parameter_path_follows_the_logged_iterates(runs, histories, theory_fram
 def test_parameter_path_needs_w_and_b_histories(runs, histories):
     blown = cell(runs, "sgd", 1.0)["run_id"].iloc[0]  # no finite (w, b) at all: only its start
     fig = parameter_path(runs, histories, [blown])
-    (path,) = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("(w, b)")]
+    (path,) = [line for line in fig.axes[0].get_lines() if line.get_gid() == figures.PATH_LABEL]
     assert list(path.get_xdata()) == [-10.0]
     with pytest.raises(ValueError, match="keys"):
         parameter_path(runs, histories[histories["key"] == "loss"])
@@ -515,9 +763,45 @@ def test_parameter_path_on_symlog_axes(runs, histories):
     row = cell(runs, "sgd", 0.1).iloc[0]
     (ax,) = parameter_path(runs, histories, [row["run_id"]], scale="symlog").axes
     assert ax.get_xscale() == "symlog" and ax.get_yscale() == "symlog"
-    (path,) = [line for line in ax.get_lines() if line.get_label().startswith("(w, b)")]
+    (path,) = [line for line in ax.get_lines() if line.get_gid() == figures.PATH_LABEL]
     of_run = histories[(histories["run_id"] == row["run_id"]) & (histories["key"] == "w")]
     np.testing.assert_allclose(path.get_xdata(), [row["init_w"], *of_run["value"]])
+
+
+def test_the_readability_check_catches_what_it_is_for():
+    # The checks above must be able to fail: a legend on a panel, a legend entry without drawn
+    # data, a label over the tick labels and a panel over another's labels are each caught.
+    def figure(**kwargs) -> tuple[Figure, object]:
+        fig = Figure(figsize=(4, 3), **kwargs)
+        figures.FigureCanvasAgg(fig)
+        return fig, fig.subplots() if kwargs else None
+
+    fig, ax = figure(layout="constrained")
+    ax.plot([1, 2], [1, 2], gid="shown")
+    ax.legend(handles=[Line2D([], [], label="shown", color="k")], loc="upper left")
+    with pytest.raises(AssertionError, match="legend lies on a panel"):
+        check_readable(fig)
+
+    fig, ax = figure(layout="constrained")
+    ax.plot([1, 2], [1, 2], gid="shown")
+    fig.legend(handles=[Line2D([], [], label="ghost", color="k")], loc="outside lower center")
+    with pytest.raises(AssertionError, match="'ghost' stands for no data"):
+        check_readable(fig)
+
+    fig, _ = figure()
+    ax = fig.add_axes([0.15, 0.25, 0.8, 0.65])
+    ax.plot([1, 2], [1, 2])
+    ax.set_xticks([1.0, 1.5, 2.0])
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_label_coords(0.5, -0.06)  # onto the tick label 1.5
+    with pytest.raises(AssertionError, match="epoch"):
+        check_readable(fig)
+
+    fig, _ = figure()
+    for box in ([0.1, 0.1, 0.5, 0.5], [0.35, 0.35, 0.5, 0.5]):
+        fig.add_axes(box).plot([1, 2], [1, 2])
+    with pytest.raises(AssertionError, match="lies on a panel"):
+        check_readable(fig)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -544,28 +828,84 @@ def test_report_goes_to_a_folder_named_after_the_latest_sweep(lab: Lab, report: 
 def test_report_summary_table_has_a_row_per_method_and_step_size(report: Path, runs):
     table = pd.read_csv(report / "summary.csv")
     assert list(zip(table["method"], table["step_size"], strict=True)) == [
-        (m, s) for m in ("bgd", "sgd") for s in (0.01, 0.1, 1.0)
+        (m, s) for m in ("bgd", "sgd") for s in STEP_SIZES
     ]
     assert (table["runs"] == 2).all() and (table["seeds"] == 2).all()
     rows = table.set_index(["method", "step_size"])
+    verdicts = theory_table(runs).set_index("run_id")["verdict"]
     for (method, step_size), row in rows.iterrows():
         runs_here = cell(runs, method, step_size)
-        for outcome in ("converged", "converging", "diverged"):
+        for outcome in OUTCOMES:
             assert row[outcome] == (runs_here["outcome"] == outcome).mean()
         assert row["median_final_loss"] == pytest.approx(runs_here["final_loss"].median())
         assert row["final_w_mean"] == pytest.approx(runs_here["final_w"].mean(), nan_ok=True)
+        agreeing = [
+            outcome in AGREES[verdicts[run_id]]
+            for run_id, outcome in zip(runs_here["run_id"], runs_here["outcome"], strict=True)
+        ]
+        assert row["theory_agrees"] == sum(agreeing)
     assert rows.loc[("bgd", 1.0), "diverged"] == 1.0
     assert np.isposinf(rows.loc[("bgd", 1.0), "median_final_loss"])
     assert rows.loc[("sgd", 0.1), "theory_verdict"] == "settles high"
+    assert rows.loc[("sgd", 0.1), "oscillating"] == 1.0
+    assert rows.loc[("sgd", 0.05), "stalled"] == 1.0
     assert rows.loc[("bgd", 1.0), "theory_verdict"] == "diverges"
     assert np.isnan(rows.loc[("bgd", 1.0), "theory_fixed_point_loss"])  # unstable: no level
     assert rows.loc[("sgd", 0.1), "theory_fixed_point_loss"] > 1e10
 
     markdown = (report / "summary.md").read_text().splitlines()
-    assert markdown[0].startswith("| Method | Step size |")
+    assert markdown[0].startswith("| Method | Step size | Runs | Outcomes |")
     assert [line.split(" | ")[:2] for line in markdown[2:]] == [
-        [f"| {m}", s] for m in ("BGD", "SGD") for s in ("0.01", "0.1", "1")
+        [f"| {m}", f"{s:g}"] for m in ("BGD", "SGD") for s in STEP_SIZES
     ]
+
+
+def test_spectral_radius_is_never_rounded_across_1():
+    assert format_radius(0.9998) == "0.9998"
+    assert format_radius(0.99998) == "0.99998"
+    assert format_radius(0.999999996) == "0.999999996"
+    assert format_radius(1.00002) == "1.00002"
+    assert format_radius(1.0) == "1"
+    assert format_radius(0.29242731) == "0.2924"
+    assert format_radius(15.6707) == "15.67"
+    assert format_radius(2.67e101) == "2.67e+101"
+    assert format_radius(float("inf")) == "∞"
+
+
+def outcome_words(counts: dict[str, int]) -> str:
+    """How the report says a tally: outcomes in OUTCOMES order, empty ones left out."""
+    return ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
+
+
+def test_the_reports_words_agree_with_its_table_and_the_tags(lab: Lab, report: Path, runs):
+    text = (report / "report.md").read_text()
+    table = (report / "summary.md").read_text().splitlines()[2:]
+    verdicts = theory_table(runs).set_index("run_id")["verdict"]
+    children = {r.info.run_id: r.data.tags["outcome"] for r in lab.children(lab.main)}
+    # The headline's tally is the tags' tally.
+    tags = pd.Series(list(children.values())).value_counts().to_dict()
+    assert f"{N_MAIN} runs ({outcome_words(tags)}; 0 failed or killed)" in text
+    findings = [line for line in text.splitlines() if line.startswith("- **")]
+    assert len(findings) == len(table) == 2 * len(STEP_SIZES)
+    for finding, row in zip(findings, table, strict=True):
+        method, step = row.split(" | ")[0].removeprefix("| "), row.split(" | ")[1]
+        assert finding.startswith(f"- **{method}, step size {step}**")
+        here = cell(runs, method.lower(), float(step))
+        counts = here["outcome"].value_counts().to_dict()
+        assert {children[r] for r in here["run_id"]} == set(counts)
+        words = outcome_words(counts)
+        # The sentence, the table's Outcomes cell and the runs' tags say the same.
+        assert f"2 runs: {words};" in finding and f" | {words} | " in row
+        agree = all(
+            o in AGREES[verdicts[r]] for r, o in zip(here["run_id"], here["outcome"], strict=True)
+        )
+        assert ("All runs ended as theory says" in finding) == agree
+        verdict = verdicts[here["run_id"].iloc[0]]
+        assert f"Theory: {verdict} (ρ(M) = " in finding
+        # Theory's words are about theory: "stays finite" only where its map is stable.
+        assert ("stays finite" in finding) == (verdict == "settles high")
+        rho = theory_table(here)["spectral_radius"].median()
+        assert f"ρ(M) = {format_radius(rho)}" in finding and f"ρ = {format_radius(rho)}" in row
 
 
 def test_report_md_embeds_the_figures_and_table(lab: Lab, report: Path):
@@ -575,6 +915,8 @@ def test_report_md_embeds_the_figures_and_table(lab: Lab, report: Path):
     assert (report / "summary.md").read_text() in text
     assert lab.main.data.tags["command"] in text
     assert "settles high" in text
+    for outcome in OUTCOMES:  # the key to the outcomes
+        assert f"*{outcome}*: " in text
 
 
 def test_report_is_logged_on_the_sweeps_parent_run(lab: Lab, report: Path):

@@ -17,9 +17,9 @@ from gdexp.analysis.load import (
     load_histories,
     load_runs,
     run_config,
-    theory_table,
 )
 from gdexp.analysis.report import Report, log_report, summary_table, write_report
+from gdexp.analysis.tables import sgd_theory_curve, theory_table
 
 __all__ = [
     "AnalysisError",
@@ -34,6 +34,7 @@ __all__ = [
     "loss_curves",
     "parameter_path",
     "run_config",
+    "sgd_theory_curve",
     "step_size_map",
     "summary_table",
     "theory_table",

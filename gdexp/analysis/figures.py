@@ -1,8 +1,15 @@
-"""Figures of a sweep: frames from gdexp.analysis.load in, matplotlib Figures out.
+"""Figures of a sweep: frames in (gdexp.analysis.load, gdexp.analysis.tables), Figures out.
 
 Figures are built on the Agg canvas directly (no pyplot): nothing is ever shown, no global
 backend is switched, and a figure is freed as soon as it is dropped. Save one with
 `fig.savefig("name.png")`.
+
+Conventions, the same in every figure: the y axis says `loss` (log scale when the values span
+decades); legends sit outside the panels; every legend entry names drawn data: the artists it
+stands for carry its label as their gid (`legend_groups` finds them); many step sizes get a colour
+bar instead of one legend entry each; no text is drawn inside a panel. Fits and theory are not
+computed here: they come in as `tables.theory_table` / `tables.sgd_theory_curve` frames (computed
+when not given).
 """
 
 from __future__ import annotations
@@ -12,37 +19,45 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from gdexp.analysis.load import run_config, theory_table
+from gdexp.names import METHOD_ORDER, method_short, method_title
 
-METHOD_ORDER = ("bgd", "sgd", "minibatch")
-METHOD_TITLES = {
-    "bgd": "Batch Gradient Descent",
-    "sgd": "Stochastic Gradient Descent",
-    "minibatch": "Mini-batch Gradient Descent",
-}
-METHOD_SHORT = {"bgd": "BGD", "sgd": "SGD", "minibatch": "Mini-batch"}
 METHOD_COLORS = {"bgd": "tab:blue", "sgd": "tab:orange", "minibatch": "tab:green"}
-LOSS_LABEL = "Cost/Total loss"
+LOSS_LABEL = "loss"
 THEORY_COLOR = "purple"  # everything theory predicts (lines, fixed points)
-THEORY_SGD_LABEL = "SGD theory: fixed-point loss"
-THEORY_SGD_CURVE_LABEL = "SGD theory between swept step sizes"
-DIVERGED_TOP = 0.96  # height (axes fraction) where runs whose loss went to infinity are marked
+THEORY_SGD_LABEL = "theory: SGD fixed-point loss (★ at swept step sizes)"
+LEAST_SQUARES_LABEL = "least-squares loss (the optimum)"
+OVERFLOW_LABEL = "loss overflowed to ∞ (× at top)"
+MEDIAN_LABEL = "line: median over seeds; band: lowest to highest"
+DIVERGED_TOP = 0.96  # height (axes fraction) of the first row of × for runs that overflowed
+TOP_ROW_STEP = 0.045  # each further row of × sits this much lower
+LEGEND_MAX_STEPS = 5  # more step sizes than this get a colour bar instead of legend entries
+LOG_SPAN = 100.0  # a loss axis is logarithmic when its values span more than this factor
+
+# Marker of a run's outcome (gdexp.outcome's vocabulary) in `step_size_map`: (marker, filled).
+OUTCOME_MARKERS = {
+    "converged": ("o", True),
+    "converging": ("o", False),
+    "stalled": ("s", True),
+    "oscillating": ("D", False),
+    "diverged": ("^", True),  # still growing, finite; overflowed runs are × at the top
+}
 
 
 def methods_in(frame: pd.DataFrame) -> list[str]:
     """The methods present, bgd, sgd, minibatch first, then any other in name order."""
     present = set(frame["method"])
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
-
-
-def method_title(method: str) -> str:
-    return METHOD_TITLES.get(method, method)
 
 
 def method_color(method: str) -> str:
@@ -56,13 +71,45 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 4.2) -> tuple
     return fig, list(axes)
 
 
-def step_size_colors(step_sizes: Sequence[float]) -> dict[float, tuple]:
-    """One colour per step size, the same in every panel (small: dark, large: light)."""
-    values = sorted(set(step_sizes))
-    cmap = colormaps["viridis"]
-    if len(values) == 1:
-        return {values[0]: cmap(0.35)}
-    return {v: cmap(0.85 * i / (len(values) - 1)) for i, v in enumerate(values)}
+GID_SEPARATOR = "\n"  # between the legend labels in an artist's gid
+
+
+def _tag(artist: Artist, *labels: str) -> Artist:
+    """Mark `artist` as drawing data of the legend entries `labels`."""
+    artist.set_gid(GID_SEPARATOR.join(labels))
+    return artist
+
+
+def legend_groups(fig: Figure) -> dict[str, list[Artist]]:
+    """Legend entry label -> the drawn artists (outside legends) it stands for."""
+    groups: dict[str, list[Artist]] = {}
+    for artist in fig.findobj(lambda a: a.get_gid() is not None):
+        for label in artist.get_gid().split(GID_SEPARATOR):
+            groups.setdefault(label, []).append(artist)
+    return groups
+
+
+def _proxy(label: str, **style) -> Line2D:
+    """A legend handle: a line and/or marker in `style`, drawn nowhere."""
+    style.setdefault("linestyle", "none" if "marker" in style else "-")
+    return Line2D([], [], label=label, **style)
+
+
+def _outside_legend(fig: Figure, handles: list[Line2D], ncols: int | None = None) -> Legend:
+    """One legend below all panels."""
+    ncols = ncols or min(len(handles), 4)
+    return fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize="small")
+
+
+def step_size_colors(step_sizes: Sequence[float]) -> tuple[Colormap, Normalize]:
+    """Colour map and norm for step sizes, the same in every panel (small: dark, large: light;
+    log scale)."""
+    values = np.array(sorted(set(float(s) for s in step_sizes)))
+    cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)), name="viridis_dark")
+    if len(values) == 1 or values.min() <= 0:
+        lo, hi = values.min(), values.max()
+        return cmap, Normalize(lo - 1.0, hi + 1.0) if lo == hi else Normalize(lo, hi)
+    return cmap, LogNorm(values.min(), values.max())
 
 
 def _history(histories: pd.DataFrame, key: str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -74,252 +121,350 @@ def _history(histories: pd.DataFrame, key: str, runs: pd.DataFrame) -> pd.DataFr
     return found
 
 
+def _thin_log_ticks(ax: Axes) -> None:
+    """No minor ticks on a log y axis spanning many decades: unreadable there, and costly
+    (every tick is a few artists to lay out)."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log" and lo > 0 and hi / lo > 1e6:
+        ax.yaxis.set_minor_locator(NullLocator())
+
+
+def _is_log(values: np.ndarray) -> bool:
+    positive = values[np.isfinite(values) & (values > 0)]
+    return positive.size > 0 and positive.max() > LOG_SPAN * positive.min()
+
+
+def _overflowed(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose loss went to infinity: a non-finite final loss or an epoch where it diverged."""
+    return np.isposinf(runs["final_loss"]) | runs["diverged_at_epoch"].notna()
+
+
+def _loss_limits(
+    history: pd.DataFrame, runs: pd.DataFrame, log_y: bool, floor: float = np.nan
+) -> tuple[float, float] | None:
+    """y limits of a loss panel: all finite values of the runs that did not diverge and `floor`
+    (the optimum), with room above (log: 1000×) for diverging runs to show their rise before
+    they leave the panel."""
+    calm = history[history["run_id"].isin(runs.loc[runs["outcome"] != "diverged", "run_id"])]
+    values = np.append((calm if not calm.empty else history)["value"].to_numpy(), floor)
+    values = values[np.isfinite(values) & ((values > 0) if log_y else True)]
+    if not values.size:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if calm.empty or len(calm) == len(history):
+        return (lo / 2, hi * 4) if log_y else (lo - 0.05 * (hi - lo), hi + 0.15 * (hi - lo))
+    return (lo / 2, hi * 1e3) if log_y else (lo - 0.05 * (hi - lo), hi + 2 * (hi - lo))
+
+
 def loss_curves(
-    runs: pd.DataFrame, histories: pd.DataFrame, key: str = "loss", log_y: bool = True
+    runs: pd.DataFrame, histories: pd.DataFrame, key: str = "loss", log_y: bool | None = None
 ) -> Figure:
     """Loss against epoch, a panel per method (bgd, sgd, minibatch), a line per step size.
 
     Each line is the median over the runs (seeds) of its step size, with a band from the lowest
-    to the highest of them. A run that overflowed stops where its loss stopped being finite, so
-    later epochs are the median of the runs left. The dotted line is the least-squares loss (the
-    best any run can reach; median over the runs' data).
+    to the highest of them. A run that overflowed stops where its loss stopped being finite (later
+    epochs are the median of the runs left) and gets a × at the top of the panel at the epoch its
+    loss overflowed; a step size whose runs all overflowed has its line run up to that ×. The
+    dotted line is the least-squares loss (the best any run can reach; median over the runs' data).
+    Colour is step size: a legend entry each for up to `LEGEND_MAX_STEPS` of them, else a colour
+    bar. `log_y`: None takes a log axis when the values span more than `LOG_SPAN`.
     """
     history = _history(histories, key, runs).merge(
         runs[["run_id", "method", "step_size"]], on="run_id"
     )
-    methods = methods_in(history)
-    colors = step_size_colors(history["step_size"])
-    fig, axes = new_figure(len(methods))
+    stats = (
+        history.groupby(["method", "step_size", "step"])["value"]
+        .agg(["median", "min", "max"])
+        .reset_index()
+    )
+    values = history["value"].to_numpy()
+    log_y = _is_log(values) if log_y is None else log_y
+    step_sizes = sorted(set(runs["step_size"]))
+    cmap, norm = step_size_colors(step_sizes)
+    legend_steps = len(step_sizes) <= LEGEND_MAX_STEPS
+
+    last_step = history.groupby("run_id")["step"].max()
+    runs = runs.assign(_last=runs["run_id"].map(last_step), _over=_overflowed(runs))
+    methods = methods_in(runs[runs["run_id"].isin(history["run_id"])])
+    fig, axes = new_figure(len(methods), height=4.6 if legend_steps else 4.2)
+    shown_overflow = shown_optimum = False
     for ax, method in zip(axes, methods, strict=True):
-        of_method = history[history["method"] == method]
-        for step_size, cell in of_method.groupby("step_size", sort=True):
-            table = cell.pivot_table(index="step", columns="run_id", values="value", aggfunc="last")
-            table = table.sort_index()
-            color = colors[step_size]
-            ax.fill_between(
-                table.index,
-                table.min(axis=1),
-                table.max(axis=1),
-                color=color,
-                alpha=0.22,
-                linewidth=0,
-            )
-            n = table.shape[1]
-            ax.plot(
-                table.index,
-                table.median(axis=1),
-                color=color,
-                marker="o" if len(table) <= 40 else None,
-                markersize=3,
-                label=f"step size {step_size:g} ({n} run{'s' if n != 1 else ''})",
-            )
-        optimal = runs.loc[runs["method"] == method, "optimal_loss"].median()
-        if key == "loss" and np.isfinite(optimal) and optimal > 0:
-            ax.axhline(optimal, color="0.4", linestyle=":", linewidth=1, label="least-squares loss")
+        of_method = runs[runs["method"] == method]
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(method_title(method))
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(LOSS_LABEL)
+        optimal = of_method["optimal_loss"].median() if key == "loss" else np.nan
+        limits = _loss_limits(history[history["method"] == method], of_method, log_y, optimal)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        top = ax.get_ylim()[1]
+        rows = 0  # rows of × at the top used so far
+        for step_size, cell in stats[stats["method"] == method].groupby("step_size", sort=True):
+            color = cmap(norm(step_size))
+            label = f"step size {step_size:g}"
+            band = ax.fill_between(
+                cell["step"], cell["min"], cell["max"], color=color, alpha=0.18, linewidth=0
+            )
+            xs, ys = list(cell["step"]), list(cell["median"])
+            cell_runs = of_method[of_method["step_size"] == step_size]
+            over = cell_runs[cell_runs["_over"]]
+            if len(over) and len(over) == len(cell_runs):
+                xs.append(float(over["_last"].min()) + 1)  # its line runs out of the panel
+                ys.append(top * 1e3 if log_y else top + (top - ax.get_ylim()[0]))
+            line = ax.plot(
+                xs,
+                ys,
+                color=color,
+                linewidth=1.4,
+                marker="o" if len(cell) <= 40 else None,
+                markersize=2.5,
+            )[0]
+            _tag(line, label, MEDIAN_LABEL)
+            _tag(band, label, MEDIAN_LABEL)
+            if len(over):
+                marks = ax.scatter(
+                    (over["_last"] + 1).unique(),
+                    np.full(over["_last"].nunique(), DIVERGED_TOP - TOP_ROW_STEP * rows),
+                    transform=blended_transform_factory(ax.transData, ax.transAxes),
+                    color=color,
+                    marker="x",
+                    s=40,
+                    zorder=4,
+                    clip_on=False,
+                )
+                _tag(marks, OVERFLOW_LABEL)
+                rows += 1
+                shown_overflow = True
+        if np.isfinite(optimal) and (optimal > 0 or not log_y):
+            _tag(
+                ax.axhline(optimal, color="0.35", linestyle=":", linewidth=1.2), LEAST_SQUARES_LABEL
+            )
+            shown_optimum = True
+        ax.set_xlim(-0.5, max(float(stats["step"].max()) + 1.5, 1.5))
+        _thin_log_ticks(ax)
+        n = len(of_method)
+        ax.set_title(f"{method_title(method)} ({n} run{'s' if n != 1 else ''})", fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(LOSS_LABEL if key == "loss" else key)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small")
+
+    handles = []
+    if legend_steps:
+        handles += [
+            _proxy(f"step size {s:g}", color=cmap(norm(s)), marker="o", markersize=4, linestyle="-")
+            for s in step_sizes
+            if legend_groups(fig).get(f"step size {s:g}")
+        ]
+    else:
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.01, aspect=30)
+        bar.set_label("step size")
+    handles.append(_proxy(MEDIAN_LABEL, color="0.3", linewidth=1.4))
+    if shown_optimum:
+        handles.append(_proxy(LEAST_SQUARES_LABEL, color="0.35", linestyle=":", linewidth=1.2))
+    if shown_overflow:
+        handles.append(_proxy(OVERFLOW_LABEL, color="0.2", marker="x", markersize=6))
+    _outside_legend(fig, handles)
     return fig
 
 
-def _theory_lines(ax: Axes, theory: pd.DataFrame) -> None:
+OUTCOME_WORDS = {
+    "converged": "converged",
+    "converging": "converging (still falling)",
+    "stalled": "stalled (flat above the optimum)",
+    "oscillating": "oscillating (up and down)",
+    "diverged": "diverged (still growing)",
+}
+OVERFLOWED_RUNS_LABEL = "diverged to ∞ (× at top)"
+OTHER_OUTCOME_LABEL = "other outcome"
+
+
+def _threshold_lines(ax: Axes, theory: pd.DataFrame) -> list[Line2D]:
+    """Theory's stability thresholds as dashed vertical lines; their legend handles."""
     thresholds = (
-        ("bgd", "bgd_threshold", "BGD threshold 2/λmax(H)"),
-        ("sgd", "sgd_threshold", "SGD threshold min 1/(xᵢ²+1)"),
+        ("bgd", "bgd_threshold", "BGD stable below 2/λmax(H)"),
+        ("sgd", "sgd_threshold", "every SGD step contracts below min 1/(xᵢ²+1)"),
     )
-    text_at = blended_transform_factory(ax.transData, ax.transAxes)
+    handles = []
     for method, column, words in thresholds:
         for value in np.unique(theory[column].round(12)):
-            ax.axvline(
-                value,
-                color=method_color(method),
-                linestyle="--",
-                linewidth=1.2,
-                label=f"{words} = {value:.3g}",
-            )
-            ax.text(
-                value,
-                0.03,
-                f" {METHOD_SHORT[method]} {value:.3g}",
-                transform=text_at,
-                rotation=90,
-                va="bottom",
-                ha="right",
-                fontsize="small",
-                color=method_color(method),
-            )
-
-
-def sgd_theory_curve(
-    runs: pd.DataFrame, step_sizes: np.ndarray, max_seeds: int = 3
-) -> tuple[np.ndarray, np.ndarray]:
-    """(step sizes, SGD fixed-point loss) from gdexp.theory at every step size given: the median
-    over the data of the first `max_seeds` seeds of the SGD runs, NaN where ρ(M) >= 1."""
-    from omegaconf import OmegaConf
-
-    from gdexp import theory
-
-    sgd = runs[runs["method"] == "sgd"].sort_values("seed").drop_duplicates("seed")
-    losses = []
-    for _, row in sgd.head(max_seeds).iterrows():
-        base = run_config(row)
-        cfgs = [OmegaConf.merge(base, {"step_size": float(s)}) for s in step_sizes]
-        losses.append(
-            [
-                p.epoch_map.fixed_point_loss if p.epoch_map.stable else np.nan
-                for p in theory.predict_many(cfgs)
-            ]
-        )
-    if not losses:
-        return step_sizes, np.full(len(step_sizes), np.nan)
-    table = np.array(losses, dtype=float)
-    with np.errstate(all="ignore"):
-        curve = np.where(np.isnan(table).any(axis=0), np.nan, np.median(table, axis=0))
-    return step_sizes, curve
+            label = f"{words} = {value:.3g}"
+            style = {"color": method_color(method), "linestyle": "--", "linewidth": 1.2}
+            _tag(ax.axvline(value, **style), label)
+            handles.append(_proxy(label, **style))
+    return handles
 
 
 def step_size_map(
-    runs: pd.DataFrame, theory: pd.DataFrame | None = None, theory_curve: bool = True
+    runs: pd.DataFrame,
+    theory: pd.DataFrame | None = None,
+    curve: pd.DataFrame | None = None,
+    theory_curve: bool = True,
 ) -> Figure:
     """Final loss against step size (log-log): a line per method through the median over seeds,
-    each run a point, runs whose loss went to infinity as an × at the top of the axes.
+    each run a point whose marker is its outcome, runs whose loss went to infinity as a × at the
+    top (a row per method).
 
-    Markers: filled circle converged or converging, hollow triangle "diverged" with a finite
-    final loss (it ended above where it started), × at the top a run whose loss overflowed.
     Dashed vertical lines: theory's stability thresholds (BGD 2/λmax(H); SGD's strictest single
-    sample, min 1/(xᵢ²+1)). Dashed purple line with stars: theory's fixed-point loss for SGD
-    at each swept step size where its epoch map is stable (ρ < 1), the level an SGD run settles
-    on; with `theory_curve`, a thin purple line gives the same at every step size of the axis
-    (`sgd_theory_curve`), ending where ρ reaches 1. `theory`: `load.theory_table(runs)`,
-    computed when not given.
+    sample, min 1/(xᵢ²+1)). Purple: theory's fixed-point loss for SGD, the level an SGD run
+    settles on where its epoch map is stable (ρ < 1): stars at the swept step sizes (median over
+    seeds), and with `theory_curve` a thin line at every step size of the axis, ending where ρ
+    reaches 1. `theory`: `tables.theory_table(runs)`; `curve`: `tables.sgd_theory_curve` on the
+    axis's step sizes; each computed when not given.
     """
-    theory = theory_table(runs) if theory is None else theory
-    fig, (ax,) = new_figure(1, width=9.0, height=5.2)
+    from gdexp.analysis import tables
+
+    theory = tables.theory_table(runs) if theory is None else theory
+    fig, (ax,) = new_figure(1, width=10.0, height=5.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    finite_values = []
-    top_rows: list[str] = []  # methods with × at the top so far: each method gets its own row
+    finite_values: list[float] = []
+    method_handles, outcome_handles = [], {}
+    rows = 0  # rows of × at the top: a row per method with overflowed runs
     for method in methods_in(runs):
         color = method_color(method)
-        short = METHOD_SHORT.get(method, method)
         of_method = runs[runs["method"] == method]
         medians = of_method.groupby("step_size")["final_loss"].median().sort_index()
-        ax.plot(
-            medians.index,
-            medians.where(np.isfinite(medians)),
-            color=color,
-            linewidth=1.5,
-            label=f"{short} median over seeds",
-        )
+        label = f"{method_short(method)}: median over seeds"
+        line = ax.plot(
+            medians.index, medians.where(np.isfinite(medians)), color=color, linewidth=1.5
+        )[0]
+        _tag(line, label)
+        method_handles.append(_proxy(label, color=color, linewidth=1.5))
         loss = of_method["final_loss"]
-        blew_up = np.isposinf(loss)
-        grew = np.isfinite(loss) & (of_method["outcome"] == "diverged")
-        settled = np.isfinite(loss) & ~grew
-        finite_values.extend(loss[np.isfinite(loss)])
-        if settled.any():
-            ax.scatter(
-                of_method.loc[settled, "step_size"],
-                loss[settled],
-                color=color,
-                s=22,
+        known = of_method["outcome"].isin(list(OUTCOME_MARKERS))
+        groups = [(o, of_method["outcome"] == o, *OUTCOME_MARKERS[o]) for o in OUTCOME_MARKERS]
+        groups.append((None, ~known, ".", True))
+        for outcome, chosen, marker, filled in groups:
+            chosen = chosen & np.isfinite(loss)
+            if not chosen.any():
+                continue
+            words = OUTCOME_WORDS[outcome] if outcome else OTHER_OUTCOME_LABEL
+            points = ax.scatter(
+                of_method.loc[chosen, "step_size"],
+                loss[chosen],
+                marker=marker,
+                s=30,
                 zorder=3,
-                label=f"{short} runs (converged or converging)",
-            )
-        if grew.any():
-            ax.scatter(
-                of_method.loc[grew, "step_size"],
-                loss[grew],
-                facecolors="none",
+                facecolors=color if filled else "none",
                 edgecolors=color,
-                marker="^",
-                s=40,
-                zorder=3,
-                label=f"{short} runs diverged (loss grew, stayed finite)",
+                linewidths=1.2,
             )
+            _tag(points, words)
+            outcome_handles[words] = _proxy(
+                words,
+                marker=marker,
+                markersize=6,
+                color="0.25",
+                markerfacecolor="0.25" if filled else "none",
+            )
+        finite_values.extend(loss[np.isfinite(loss)])
+        blew_up = np.isposinf(loss)
         if blew_up.any():
-            ax.scatter(
+            marks = ax.scatter(
                 of_method.loc[blew_up, "step_size"],
-                np.full(int(blew_up.sum()), DIVERGED_TOP - 0.04 * len(top_rows)),
+                np.full(int(blew_up.sum()), DIVERGED_TOP - TOP_ROW_STEP * rows),
                 transform=top,
                 color=color,
                 marker="x",
                 s=45,
                 zorder=3,
                 clip_on=False,
-                label=f"{short} runs diverged to ∞ (at top)",
             )
-            top_rows.append(method)
+            _tag(marks, OVERFLOWED_RUNS_LABEL)
+            outcome_handles[OVERFLOWED_RUNS_LABEL] = _proxy(
+                OVERFLOWED_RUNS_LABEL, marker="x", markersize=6, color="0.25"
+            )
+            rows += 1
 
+    theory_handles = []
+    theory_style = {
+        "color": THEORY_COLOR,
+        "linestyle": "--",
+        "marker": "*",
+        "markersize": 8,
+        "zorder": 2,  # behind the runs' markers
+    }
     sgd = theory[(theory["method"] == "sgd") & theory["stable"]]
     if not sgd.empty:
         predicted = sgd.groupby("step_size")["fixed_point_loss"].median().sort_index()
-        ax.plot(
-            predicted.index,
-            predicted.values,
-            color=THEORY_COLOR,
-            linestyle="--",
-            marker="*",
-            markersize=10,
-            label=THEORY_SGD_LABEL,
-        )
+        _tag(ax.plot(predicted.index, predicted.values, **theory_style)[0], THEORY_SGD_LABEL)
         finite_values.extend(predicted[np.isfinite(predicted)])
+        theory_handles.append(_proxy(THEORY_SGD_LABEL, **theory_style))
     optimal = runs["optimal_loss"].median()
     if np.isfinite(optimal) and optimal > 0:
-        ax.axhline(optimal, color="0.4", linestyle=":", linewidth=1, label="least-squares loss")
+        style = {"color": "0.35", "linestyle": ":", "linewidth": 1.2}
+        _tag(ax.axhline(optimal, **style), LEAST_SQUARES_LABEL)
+        theory_handles.append(_proxy(LEAST_SQUARES_LABEL, **style))
         finite_values.append(optimal)
-    _theory_lines(ax, theory)
+    theory_handles += _threshold_lines(ax, theory)
 
     xs = [*runs["step_size"], *theory["bgd_threshold"], *theory["sgd_threshold"]]
     x_lim = (min(xs) / 1.8, max(xs) * 1.8)
     ax.set_xlim(*x_lim)
     if theory_curve and (runs["method"] == "sgd").any():
-        grid, curve = sgd_theory_curve(runs, np.geomspace(*x_lim, 120))
-        ax.plot(
-            grid,
-            curve,
+        if curve is None:
+            curve = tables.sgd_theory_curve(runs, np.geomspace(*x_lim, 120))
+        drawn = ax.plot(
+            curve["step_size"],
+            curve["fixed_point_loss"],
             color=THEORY_COLOR,
             linewidth=1,
-            alpha=0.45,
-            label=THEORY_SGD_CURVE_LABEL,
-        )
-        finite_values.extend(curve[np.isfinite(curve)])
+            alpha=0.5,
+        )[0]
+        _tag(drawn, THEORY_SGD_LABEL)
+        shown = curve["fixed_point_loss"].to_numpy()
+        finite_values.extend(shown[np.isfinite(shown)])
+        if sgd.empty and np.isfinite(shown).any():
+            theory_handles.insert(0, _proxy(THEORY_SGD_LABEL, **theory_style))
     positive = [v for v in finite_values if v > 0]
     if positive:
-        # Headroom at the top for the × of runs that went to infinity.
-        ax.set_ylim(min(positive) / 5, max(positive) * 1e3)
-    ax.set_title("Final loss against step size")
-    ax.set_xlabel("Step size")
-    ax.set_ylabel(f"Final {LOSS_LABEL.lower()}")
+        # Headroom at the top for the rows of × of runs that went to infinity.
+        ax.set_ylim(min(positive) / 5, max(positive) * 10 ** (1 + rows))
+    _thin_log_ticks(ax)
+    ax.set_title("Final loss against step size", fontsize="medium")
+    ax.set_xlabel("step size")
+    ax.set_ylabel(f"final {LOSS_LABEL}")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    handles = [*method_handles, *outcome_handles.values(), *theory_handles]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        fontsize="small",
+    )
     return fig
 
 
 def default_path_runs(runs: pd.DataFrame) -> list[str]:
     """One run per method for `parameter_path`: the lowest seed at the largest step size whose
-    loss stayed finite (any step size if none did)."""
+    runs did not diverge (else whose loss stayed finite, else any)."""
     chosen = []
     for method in methods_in(runs):
         of_method = runs[runs["method"] == method]
         finite = of_method[np.isfinite(of_method["final_loss"])]
-        pool = finite if not finite.empty else of_method
+        settled = finite[finite["outcome"] != "diverged"]
+        pool = settled if not settled.empty else finite if not finite.empty else of_method
         largest = pool[pool["step_size"] == pool["step_size"].max()]
         chosen.append(largest.sort_values(["seed", "start_time"])["run_id"].iloc[0])
     return chosen
 
 
-def _loss_grid(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _loss_grid(moments: pd.Series, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Full-data MSE at every (w, b) of a grid, from the data's moments."""
-    sxx, sx, sy, sxy, syy = (np.mean(v) for v in (x * x, x, y, x * y, y * y))
-    return w * w * sxx + 2 * w * b * sx + b * b - 2 * w * sxy - 2 * b * sy + syy
+    m = moments
+    return (
+        w * w * m["mean_xx"]
+        + 2 * w * b * m["mean_x"]
+        + b * b
+        - 2 * w * m["mean_xy"]
+        - 2 * b * m["mean_y"]
+        + m["mean_yy"]
+    )
 
 
-def _axis_grid(ax: Axes, axis: str, lo: float, hi: float, n: int = 240) -> np.ndarray:
+def _axis_grid(ax: Axes, axis: str, lo: float, hi: float, n: int = 200) -> np.ndarray:
     """n values from lo to hi, evenly spaced on the axis's own scale (linear or symlog)."""
     transform = (ax.xaxis if axis == "x" else ax.yaxis).get_transform()
     ends = transform.transform(np.array([lo, hi]))
@@ -330,6 +475,13 @@ def _padded(values: np.ndarray) -> tuple[float, float]:
     lo, hi = float(values.min()), float(values.max())
     span = max(hi - lo, 1e-3 * max(abs(lo), abs(hi), 1.0))
     return lo - 0.08 * span, hi + 0.08 * span
+
+
+PATH_LABEL = "(w, b) after each epoch"
+START_LABEL = "start"
+FIT_LABEL = "least-squares fit"
+FIXED_POINT_LABEL = "theory: fixed point θ* of the epoch map"
+CONTOUR_LABEL = "loss contours (log-spaced)"
 
 
 def parameter_path(
@@ -346,11 +498,9 @@ def parameter_path(
     escape to ~1e7 are both readable; for a run whose epoch map is stable but whose fixed point
     is not the fit (SGD at a large step size), a diamond marks theory's fixed point θ*, the point
     its path circles. `scale`: "linear" or "symlog" (both axes). `run_ids`: default one run per
-    method (`default_path_runs`). `theory`: `load.theory_table` rows for these runs, computed
-    when not given.
+    method (`default_path_runs`). `theory`: `tables.theory_table` rows for these runs (the fit,
+    the data's moments, the fixed point), computed when not given.
     """
-    from gdexp.experiment import make_run_data  # imported late: it loads torch
-
     if scale not in ("linear", "symlog"):
         raise ValueError(f"scale must be 'linear' or 'symlog', not {scale!r}")
     run_ids = list(run_ids) if run_ids is not None else default_path_runs(runs)
@@ -363,11 +513,15 @@ def parameter_path(
         )
     by_id = runs.set_index("run_id")
     if theory is None:
+        from gdexp.analysis.tables import theory_table
+
         theory = theory_table(runs[runs["run_id"].isin(run_ids)])
     theory_by_id = theory.set_index("run_id")
-    fig, axes = new_figure(len(run_ids), width=5.0, height=4.6)
+    fig, axes = new_figure(len(run_ids), width=5.0, height=5.0)
+    shown_fixed = False
     for ax, run_id in zip(axes, run_ids, strict=True):
         row = by_id.loc[run_id]
+        facts = theory_by_id.loc[run_id]
         path = {}
         for key in ("w", "b"):
             # A run that blew up in its first epoch has no finite (w, b) to show: just its start.
@@ -377,31 +531,26 @@ def parameter_path(
         w = np.concatenate([[row["init_w"]], path["w"].loc[steps].to_numpy()])
         b = np.concatenate([[row["init_b"]], path["b"].loc[steps].to_numpy()])
 
-        data = make_run_data(run_config(row))
-        x = data.x.numpy().astype(np.float64)
-        y = data.y.numpy().astype(np.float64)
-        fit_w, fit_b = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+        fit_w, fit_b = float(facts["fit_w"]), float(facts["fit_b"])
         points_w, points_b = [*w, fit_w], [*b, fit_b]
-        fixed = theory_by_id.loc[run_id] if run_id in theory_by_id.index else None
         show_fixed = (
-            fixed is not None
-            and bool(fixed["stable"])
-            and np.isfinite(fixed["fixed_point_w"])
-            and np.hypot(fixed["fixed_point_w"] - fit_w, fixed["fixed_point_b"] - fit_b)
+            bool(facts["stable"])
+            and np.isfinite(facts["fixed_point_w"])
+            and np.hypot(facts["fixed_point_w"] - fit_w, facts["fixed_point_b"] - fit_b)
             > 1e-3 * max(1.0, np.hypot(fit_w, fit_b))
         )
         if show_fixed:
-            points_w.append(fixed["fixed_point_w"])
-            points_b.append(fixed["fixed_point_b"])
+            points_w.append(facts["fixed_point_w"])
+            points_b.append(facts["fixed_point_b"])
 
         if scale == "symlog":
             ax.set_xscale("symlog", linthresh=max(abs(row["init_w"]), abs(fit_w), 1.0))
             ax.set_yscale("symlog", linthresh=max(abs(row["init_b"]), abs(fit_b), 1.0))
         w_lim, b_lim = _padded(np.array(points_w)), _padded(np.array(points_b))
         grid_w, grid_b = np.meshgrid(_axis_grid(ax, "x", *w_lim), _axis_grid(ax, "y", *b_lim))
-        loss = _loss_grid(x, y, grid_w, grid_b)
+        loss = _loss_grid(facts, grid_w, grid_b)
         low, high = max(float(loss.min()), 1e-12), float(loss.max())
-        ax.contour(
+        contours = ax.contour(
             grid_w,
             grid_b,
             loss,
@@ -411,23 +560,23 @@ def parameter_path(
             linewidths=0.7,
             alpha=0.8,
         )
+        _tag(contours, CONTOUR_LABEL)
         color = method_color(str(row["method"]))
-        ax.plot(
-            w, b, "-o", color=color, markersize=3.5, linewidth=1, label="(w, b) after each epoch"
-        )
-        ax.plot(w[0], b[0], "s", color="black", markersize=6, label="start")
-        ax.plot(fit_w, fit_b, "*", color="crimson", markersize=12, label="least-squares fit")
+        _tag(ax.plot(w, b, "-o", color=color, markersize=3.5, linewidth=1)[0], PATH_LABEL)
+        _tag(ax.plot(w[0], b[0], "s", color="black", markersize=6)[0], START_LABEL)
+        _tag(ax.plot(fit_w, fit_b, "*", color="crimson", markersize=12)[0], FIT_LABEL)
         if show_fixed:
-            ax.plot(
-                fixed["fixed_point_w"],
-                fixed["fixed_point_b"],
+            fixed = ax.plot(
+                facts["fixed_point_w"],
+                facts["fixed_point_b"],
                 "D",
                 color=THEORY_COLOR,
                 markerfacecolor="none",
                 markersize=9,
                 markeredgewidth=1.5,
-                label="theory: fixed point θ*",
-            )
+            )[0]
+            _tag(fixed, FIXED_POINT_LABEL)
+            shown_fixed = True
         ax.set_xlim(*w_lim)
         ax.set_ylim(*b_lim)
         ax.set_title(
@@ -439,5 +588,22 @@ def parameter_path(
         ax.set_ylabel("b")
         if scale == "linear":
             ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
-        ax.legend(fontsize="small", loc="best")
+    handles = [
+        _proxy(PATH_LABEL, color="0.3", marker="o", markersize=3.5, linestyle="-", linewidth=1),
+        _proxy(START_LABEL, marker="s", color="black", markersize=6),
+        _proxy(FIT_LABEL, marker="*", color="crimson", markersize=12),
+        _proxy(CONTOUR_LABEL, color="0.5", linewidth=0.7),
+    ]
+    if shown_fixed:
+        handles.append(
+            _proxy(
+                FIXED_POINT_LABEL,
+                marker="D",
+                color=THEORY_COLOR,
+                markerfacecolor="none",
+                markersize=8,
+                markeredgewidth=1.5,
+            )
+        )
+    _outside_legend(fig, handles, ncols=min(len(handles), 3))
     return fig

@@ -2,12 +2,12 @@
 
 `load_runs` gives one row per run with numbers as numbers (MLflow keeps params as strings);
 `load_histories` gives per-epoch metrics in long form. Both read the same store gdexp writes to:
-by default `gdexp.tracking.resolve_tracking_uri(None)`, i.e. $MLFLOW_TRACKING_URI or
+by default `gdexp.store.resolve_tracking_uri(None)`, i.e. $MLFLOW_TRACKING_URI or
 sqlite:///<cwd>/mlflow.db.
 
-Histories come from a SQL store in a few bulk queries (the store's own
-`get_metric_history_bulk`, 500 runs a query); other stores (REST, file) are read run by run on a
-thread pool. See benchmarks/load_histories.py for what that buys.
+A SQL store (SQLite, PostgreSQL) is read straight from MLflow's tables, a few queries per 500
+runs; other stores (REST, file) through MLflow's API, histories run by run on a thread pool. See
+benchmarks/load_histories.py and benchmarks/analysis.py for what that buys.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import gc
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,23 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from gdexp.config import RunConfig
-from gdexp.tracking import CONFIG_HASH_TAG, PARENT_TAG, SWEEP_RUNS_ARTIFACT, resolve_tracking_uri
+from gdexp.config import DataConfig, InitConfig, MethodConfig, RunConfig
+from gdexp.names import (
+    COMMAND_TAG,
+    CONFIG_HASH_TAG,
+    DIVERGED_AT_METRIC,
+    FINAL_METRICS,
+    KIND_TAG,
+    OUTCOME_TAG,
+    PARENT_TAG,
+    SWEEP_DIR_TAG,
+    SWEEP_KIND,
+    SWEEP_RUNS_ARTIFACT,
+)
+from gdexp.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
-SWEEP_KIND_TAG = "gdexp.kind"
 LATEST = "latest"
 
 # Columns of `load_runs`, in order, with their dtypes.
@@ -42,7 +55,7 @@ RUN_COLUMNS: dict[str, str] = {
     "run_name": "object",
     "parent_run_id": "object",
     "status": "object",
-    "outcome": "object",  # converged / converging / diverged; None for a run that failed
+    "outcome": "object",  # one of gdexp.outcome.OUTCOMES; None for a run that failed
     "method": "object",
     "step_size": "float64",
     "seed": "int64",
@@ -87,7 +100,6 @@ _PARAM_COLUMNS = {
     "init_b": "init.b",
 }
 _REQUIRED_PARAMS = ("method.name", "step_size", "seed", "epochs", "data.n_points")
-_FINAL_METRICS = ("initial_loss", "final_loss", "final_w", "final_b", "optimal_loss")
 
 HISTORY_COLUMNS = ("run_id", "key", "step", "value")
 _BULK_CHUNK = 500  # run ids per bulk query: well under SQLite's limit on bound variables
@@ -113,18 +125,25 @@ class NoRuns(AnalysisError):
     pass
 
 
+_CLIENTS: dict[str, MlflowClient] = {}
+
+
 def open_store(tracking_uri: str | None = None) -> tuple[str, MlflowClient]:
     """(uri, client) of the store; a SQLite file that does not exist is an error (MLflow would
-    silently create an empty one)."""
+    silently create an empty one). One client per store and process: opening a SQL store checks
+    its schema, which costs more than most queries."""
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         if path != ":memory:" and not Path(path).is_file():
+            _CLIENTS.pop(uri, None)
             raise StoreNotFound(
                 f"No MLflow store at {path}: run gdexp in this folder first, or pass "
                 "--tracking-uri (or set MLFLOW_TRACKING_URI) to the store it logged to."
             )
-    return uri, MlflowClient(tracking_uri=uri)
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+    return uri, _CLIENTS[uri]
 
 
 def get_experiment_id(client: MlflowClient, experiment: str) -> str:
@@ -155,7 +174,7 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str = "
 
 
 def _sweep_filter() -> str:
-    return f"tags.`{SWEEP_KIND_TAG}` = 'sweep'"
+    return f"tags.`{KIND_TAG}` = '{SWEEP_KIND}'"
 
 
 def _describe_sweeps(parents: Sequence[Run], other: bool = False, limit: int = 8) -> str:
@@ -200,41 +219,64 @@ def _number(text: str | None, kind: type) -> Any:
 _KINDS = {"object": str, "float64": float, "int64": int, "bool": bool}
 
 
-def _row(run: Run) -> dict[str, Any] | None:
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+@dataclass(frozen=True)
+class _Record:
+    """What `load_runs` reads of a run, from MLflow's API or straight from its SQL tables."""
+
+    run_id: str
+    run_name: str | None
+    status: str
+    start_time: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> _Record:
+        info, data = run.info, run.data
+        return cls(
+            info.run_id, info.run_name, info.status, info.start_time,
+            data.params, data.metrics, data.tags,
+        )  # fmt: skip
+
+
+def _row(run: _Record) -> dict[str, Any] | None:
+    params, metrics, tags = run.params, run.metrics, run.tags
     if any(key not in params for key in _REQUIRED_PARAMS):
         return None
     row: dict[str, Any] = {
-        "run_id": run.info.run_id,
-        "run_name": run.info.run_name,
+        "run_id": run.run_id,
+        "run_name": run.run_name,
         "parent_run_id": tags.get(PARENT_TAG),
-        "status": run.info.status,
-        "outcome": tags.get("outcome"),
+        "status": run.status,
+        "outcome": tags.get(OUTCOME_TAG),
     }
     for column, param in _PARAM_COLUMNS.items():
         row[column] = _number(params.get(param), _KINDS[RUN_COLUMNS[column]])
     n = row["n_points"]
     batch = _number(params.get("method.batch_size"), int)
     row["batch_size"] = min(batch or n, n)
-    for key in _FINAL_METRICS:
+    for key in FINAL_METRICS:
         row[key] = metrics.get(key, math.nan)
-    diverged_at = metrics.get("diverged_at_epoch")
+    diverged_at = metrics.get(DIVERGED_AT_METRIC)
     row["diverged_at_epoch"] = None if diverged_at is None else int(diverged_at)
-    # Non-finite values are never logged: a diverged run without a final loss blew up.
-    blew_up = diverged_at is not None or row["outcome"] == "diverged"
-    if "final_loss" not in metrics and blew_up:
+    # Non-finite values are never logged: a run that finished with an initial loss but without a
+    # final loss (or that turned non-finite on the way) ended with an infinite one.
+    ended = run.status == "FINISHED" and "initial_loss" in metrics
+    if "final_loss" not in metrics and (diverged_at is not None or ended):
         row["final_loss"] = math.inf
-    row["start_time"] = run.info.start_time
+    row["start_time"] = run.start_time
     return row
 
 
-def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+def runs_frame(runs: Iterable[Run | _Record]) -> pd.DataFrame:
     """`load_runs`'s frame from MLflow Run objects (runs without gdexp's params are left out)."""
     rows, skipped = [], []
     for run in runs:
-        row = _row(run)
+        record = run if isinstance(run, _Record) else _Record.of(run)
+        row = _row(record)
         if row is None:
-            skipped.append(run.info.run_id)
+            skipped.append(record.run_id)
         else:
             rows.append(row)
     if skipped:
@@ -251,40 +293,191 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+# --- reading runs -----------------------------------------------------------------------------
+# A SQL store (SQLite, PostgreSQL, MySQL) is read straight from MLflow's tables in a few queries
+# per 500 runs: its search API builds ORM objects per param, tag and metric, ~1 ms a run. Any
+# other store (a server, a file store), or a SQL store whose tables are not as expected, is read
+# through MLflow's API.
+
+
+def _engine(client: MlflowClient) -> Any:
+    return getattr(_store(client), "engine", None)
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), _BULK_CHUNK):
+        yield list(ids[start : start + _BULK_CHUNK])
+
+
+def _sql_run_ids(engine: Any, experiment_id: str, parent_id: str | None) -> list[str]:
+    """Active runs of the experiment: the children of `parent_id`, or with None every run that
+    is not a sweep parent."""
+    from sqlalchemy import text
+
+    if parent_id is None:
+        query = (
+            "SELECT r.run_uuid FROM runs r WHERE r.experiment_id = :experiment "
+            "AND r.lifecycle_stage = 'active' AND NOT EXISTS (SELECT 1 FROM tags t "
+            "WHERE t.run_uuid = r.run_uuid AND t.key = :kind AND t.value = :sweep)"
+        )
+        values = {"kind": KIND_TAG, "sweep": SWEEP_KIND}
+    else:
+        query = (
+            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE r.experiment_id = :experiment AND r.lifecycle_stage = 'active' "
+            "AND t.key = :parent_tag AND t.value = :parent"
+        )
+        values = {"parent_tag": PARENT_TAG, "parent": parent_id}
+    with engine.connect() as connection:
+        found = connection.execute(text(query), {"experiment": int(experiment_id), **values})
+        return [row[0] for row in found]
+
+
+def _sql_records(engine: Any, run_ids: Sequence[str]) -> list[_Record]:
+    """The runs `run_ids` that are active, with their params, tags and latest metrics."""
+    from sqlalchemy import bindparam, text
+
+    def query(sql: str) -> Any:
+        return text(sql).bindparams(bindparam("ids", expanding=True))
+
+    info = query(
+        "SELECT run_uuid, name, status, start_time FROM runs "
+        "WHERE run_uuid IN :ids AND lifecycle_stage = 'active'"
+    )
+    params = query("SELECT run_uuid, key, value FROM params WHERE run_uuid IN :ids")
+    tags = query("SELECT run_uuid, key, value FROM tags WHERE run_uuid IN :ids")
+    metrics = query(
+        "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN :ids"
+    )
+    records = []
+    with engine.connect() as connection:
+        for ids in _chunks(run_ids):
+            found: dict[str, tuple[dict, dict, dict]] = {}
+            rows = connection.execute(info, {"ids": ids}).all()
+            for run_id, *_ in rows:
+                found[run_id] = ({}, {}, {})
+            for run_id, key, value in connection.execute(params, {"ids": ids}):
+                if run_id in found:
+                    found[run_id][0][key] = value
+            for run_id, key, value, is_nan in connection.execute(metrics, {"ids": ids}):
+                if run_id in found:
+                    found[run_id][1][key] = math.nan if is_nan else float(value)
+            for run_id, key, value in connection.execute(tags, {"ids": ids}):
+                if run_id in found:
+                    found[run_id][2][key] = value
+            records += [
+                _Record(run_id, name, status, start, *found[run_id])
+                for run_id, name, status, start in rows
+            ]
+    return records
+
+
+def _select_runs(client: MlflowClient, experiment_id: str, parent: Run | None) -> list[_Record]:
+    """The runs `load_runs` selects, as records: every non-sweep run, or a sweep's runs (its
+    children and the runs it reused, one per config)."""
+    engine = _engine(client)
+    if engine is not None:
+        try:
+            return _sql_select(client, engine, experiment_id, parent)
+        except Exception as error:  # MLflow's tables are not what we read: use its API
+            log.warning("Reading runs through MLflow's API: its tables did not answer (%s)", error)
+    if parent is None:
+        return [_Record.of(r) for r in _search_all(client, experiment_id) if not _is_sweep(r)]
+    children = [
+        _Record.of(r)
+        for r in _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    ]
+    missing = _reused_ids(client, parent, {r.run_id for r in children})
+    reused = []
+    for start in range(0, len(missing), 100):
+        ids = ", ".join(f"'{run_id}'" for run_id in missing[start : start + 100])
+        reused += _search_all(client, experiment_id, f"attributes.run_id IN ({ids})")
+    return _one_per_config(children + [_Record.of(r) for r in reused])
+
+
+def _sql_select(
+    client: MlflowClient, engine: Any, experiment_id: str, parent: Run | None
+) -> list[_Record]:
+    if parent is None:
+        return _sql_records(engine, _sql_run_ids(engine, experiment_id, None))
+    children = _sql_run_ids(engine, experiment_id, parent.info.run_id)
+    missing = _reused_ids(client, parent, set(children))
+    return _one_per_config(_sql_records(engine, children + missing))
+
+
+def _reused_ids(client: MlflowClient, parent: Run, children: set[str]) -> list[str]:
+    """Runs a resumed sweep reused from elsewhere in the experiment instead of running them
+    again: listed in the parent's `sweep_runs.json`, not among its children."""
+    try:
+        with _quiet_downloads():
+            path = client.download_artifacts(parent.info.run_id, SWEEP_RUNS_ARTIFACT)
+        listed = json.loads(Path(path).read_text())
+    except Exception:  # an older or interrupted sweep has no list: its children are all it has
+        return []
+    return sorted(set(listed.get("run_ids", [])) - children)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No progress bar on stderr for MLflow's artifact downloads."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _one_per_config(runs: list[_Record]) -> list[_Record]:
+    """A resumed sweep may hold a FAILED or KILLED attempt beside the FINISHED run of the same
+    config: keep one run per config, the latest FINISHED one if there is one."""
+    best: dict[str, _Record] = {}
+    for run in runs:
+        key = run.tags.get(CONFIG_HASH_TAG, run.run_id)
+        rank = (run.status == "FINISHED", run.start_time or 0)
+        if key not in best or rank > (best[key].status == "FINISHED", best[key].start_time or 0):
+            best[key] = run
+    return list(best.values())
+
+
+def _is_sweep(run: Run) -> bool:
+    return run.data.tags.get(KIND_TAG) == SWEEP_KIND
+
+
 def load_runs(
     experiment: str = "gdexp", sweep: str | None = None, tracking_uri: str | None = None
 ) -> pd.DataFrame:
     """One row per run (columns and dtypes: `RUN_COLUMNS`).
 
-    `sweep` selects the child runs of one sweep parent: its run id, its run name, or "latest"
-    (the most recently started sweep). None takes every run of the experiment that is not a
-    sweep parent. Raises an `AnalysisError` subclass when the store, experiment or sweep does not
-    exist or holds no runs; the message lists what does exist.
+    `sweep` selects the runs of one sweep: its parent's run id, its run name, or "latest" (the
+    most recently started sweep); they are the parent's children and the runs a resumed sweep
+    reused, one per config. None takes every run of the experiment that is not a sweep parent.
+    Raises an `AnalysisError` subclass when the store, experiment or sweep does not exist or
+    holds no runs; the message lists what does exist.
 
     `frame.attrs` records where the runs came from: tracking_uri, experiment, experiment_id and
     sweep (None, or a dict with the parent's run_id, run_name, command and sweep_dir).
     """
     uri, client = open_store(tracking_uri)
     experiment_id = get_experiment_id(client, experiment)
-    parent: Run | None = None
-    if sweep is None:
-        found = [r for r in _search_all(client, experiment_id) if not _is_sweep(r)]
-        if not found:
-            raise NoRuns(f"Experiment {experiment!r} holds no runs yet.")
-    else:
-        parent = find_sweep(client, experiment_id, sweep)
-        found = _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
-        found = _one_per_config(found + _reused_runs(client, experiment_id, parent, found))
-        if not found:
-            others = [
-                p
-                for p in _search_all(client, experiment_id, _sweep_filter())
-                if p.info.run_id != parent.info.run_id
-            ]
-            raise NoRuns(
-                f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
-                f"{_describe_sweeps(others, other=True)}."
-            )
+    parent = None if sweep is None else find_sweep(client, experiment_id, sweep)
+    found = _select_runs(client, experiment_id, parent)
+    if not found and parent is None:
+        raise NoRuns(f"Experiment {experiment!r} holds no runs yet.")
+    if not found:
+        others = [
+            p
+            for p in _search_all(client, experiment_id, _sweep_filter())
+            if p.info.run_id != parent.info.run_id
+        ]
+        raise NoRuns(
+            f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
+            f"{_describe_sweeps(others, other=True)}."
+        )
     frame = runs_frame(found)
     if frame.empty:
         raise NoRuns(f"None of the {len(found)} runs selected has gdexp's config params.")
@@ -297,51 +490,13 @@ def load_runs(
     return frame
 
 
-def _reused_runs(
-    client: MlflowClient, experiment_id: str, parent: Run, children: list[Run]
-) -> list[Run]:
-    """Runs a resumed sweep reused from elsewhere in the experiment instead of running them
-    again: listed in the parent's `sweep_runs.json`, not among its children."""
-    try:
-        listed = json.loads(
-            Path(client.download_artifacts(parent.info.run_id, SWEEP_RUNS_ARTIFACT)).read_text()
-        )
-    except Exception:  # an older or interrupted sweep has no list: its children are all it has
-        return []
-    missing = sorted(set(listed.get("run_ids", [])) - {r.info.run_id for r in children})
-    runs = []
-    for start in range(0, len(missing), 100):
-        ids = ", ".join(f"'{run_id}'" for run_id in missing[start : start + 100])
-        runs += _search_all(client, experiment_id, f"attributes.run_id IN ({ids})")
-    return runs
-
-
-def _one_per_config(runs: list[Run]) -> list[Run]:
-    """A resumed sweep may hold a FAILED or KILLED attempt beside the FINISHED run of the same
-    config: keep one run per config, the latest FINISHED one if there is one."""
-    best: dict[str, Run] = {}
-    for run in runs:
-        key = run.data.tags.get(CONFIG_HASH_TAG, run.info.run_id)
-        rank = (run.info.status == "FINISHED", run.info.start_time)
-        if key not in best or rank > (
-            best[key].info.status == "FINISHED",
-            best[key].info.start_time,
-        ):
-            best[key] = run
-    return list(best.values())
-
-
-def _is_sweep(run: Run) -> bool:
-    return run.data.tags.get(SWEEP_KIND_TAG) == "sweep"
-
-
 def _sweep_info(parent: Run) -> dict[str, Any]:
     tags = parent.data.tags
     return {
         "run_id": parent.info.run_id,
         "run_name": parent.info.run_name,
-        "command": tags.get("command"),
-        "sweep_dir": tags.get("sweep_dir"),
+        "command": tags.get(COMMAND_TAG),
+        "sweep_dir": tags.get(SWEEP_DIR_TAG),
         "status": parent.info.status,
     }
 
@@ -392,6 +547,26 @@ def _bulk_histories(store: Any, run_ids: Sequence[str], keys: Sequence[str]) -> 
     return pd.concat(parts, ignore_index=True) if parts else _empty_history(with_time=True)
 
 
+def _sql_histories(engine: Any, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    from sqlalchemy import bindparam, text
+
+    query = text(
+        "SELECT run_uuid, key, step, value, timestamp, is_nan FROM metrics "
+        "WHERE key IN :keys AND run_uuid IN :ids"
+    ).bindparams(bindparam("keys", expanding=True), bindparam("ids", expanding=True))
+    rows = []
+    with engine.connect() as connection:
+        for ids in _chunks(run_ids):
+            rows += connection.execute(query, {"keys": list(keys), "ids": ids}).all()
+    if not rows:
+        return _empty_history(with_time=True)
+    frame = pd.DataFrame.from_records(
+        rows, columns=["run_id", "key", "step", "value", "timestamp", "is_nan"]
+    )
+    frame["value"] = frame["value"].astype("float64").mask(frame["is_nan"].astype(bool))
+    return frame.drop(columns="is_nan").astype({"step": "int64", "timestamp": "int64"})
+
+
 def _threaded_histories(
     client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str], max_workers: int
 ) -> pd.DataFrame:
@@ -434,8 +609,9 @@ def load_histories(
 
     `runs` is a `load_runs` frame (its store is taken from `runs.attrs`) or run ids. Rows are
     ordered as the runs, then by key (in `keys` order) and step; a value logged twice at one step
-    counts once (the later). `bulk`: None uses the SQL store's bulk query when the store has one
-    and a thread pool of per-run queries otherwise; True / False force either.
+    counts once (the later). `bulk`: None reads a SQL store's metrics table directly (one query
+    per 500 runs), and any other store with a thread pool of per-run queries; True uses the SQL
+    store's own bulk query (MLflow's `get_metric_history_bulk`), False the thread pool.
     """
     if isinstance(runs, str):
         raise TypeError("runs must be a load_runs frame or a list of run ids, not one string")
@@ -450,9 +626,15 @@ def load_histories(
     has_bulk = hasattr(store, "get_metric_history_bulk")
     if bulk and not has_bulk:
         raise AnalysisError(f"The store {type(store).__name__} has no bulk history query.")
-    if bulk or (bulk is None and has_bulk):
+    found = None
+    if bulk is None and _engine(client) is not None:
+        try:
+            found = _sql_histories(_engine(client), run_ids, keys)
+        except Exception as error:  # MLflow's tables are not what we read: use its API
+            log.warning("Reading histories through MLflow's API (%s)", error)
+    if found is None and (bulk or (bulk is None and has_bulk)):
         found = _bulk_histories(store, run_ids, keys)
-    else:
+    elif found is None:
         found = _threaded_histories(client, run_ids, keys, max_workers)
     run_order = {run_id: i for i, run_id in enumerate(dict.fromkeys(run_ids))}
     key_order = {key: i for i, key in enumerate(keys)}
@@ -467,73 +649,28 @@ def load_histories(
 def run_config(row: Mapping[str, Any] | pd.Series) -> DictConfig:
     """The run config (gdexp.config.RunConfig) of one `load_runs` row, e.g. for gdexp.theory.
 
-    The batch size is the effective one, so bgd's comes back as n_points rather than null; the
-    training and theory code treat both alike.
+    Built from the schema's dataclasses directly (no merge). The batch size is the effective one,
+    so bgd's comes back as n_points rather than null; training and theory treat both alike.
     """
-    values = {
-        "method": {
-            "name": row["method"],
-            "batch_size": int(row["batch_size"]),
-            "shuffle": bool(row["shuffle"]),
-        },
-        "step_size": float(row["step_size"]),
-        "epochs": int(row["epochs"]),
-        "seed": int(row["seed"]),
-        "dtype": str(row["dtype"]),
-        "convergence_tolerance": float(row["convergence_tolerance"]),
-        "data": {
-            "n_points": int(row["n_points"]),
-            "x_start": float(row["x_start"]),
-            "x_step": float(row["x_step"]),
-            "slope": float(row["slope"]),
-            "intercept": float(row["intercept"]),
-            "noise_std": float(row["noise_std"]),
-        },
-        "init": {"w": float(row["init_w"]), "b": float(row["init_b"])},
-    }
-    return OmegaConf.merge(OmegaConf.structured(RunConfig), values)
-
-
-THEORY_COLUMNS = (
-    "run_id",
-    "method",
-    "step_size",
-    "seed",
-    "batch_size",
-    "bgd_threshold",
-    "sgd_threshold",
-    "spectral_radius",
-    "transient_gain",
-    "fixed_point_w",
-    "fixed_point_b",
-    "fixed_point_loss",
-    "stable",
-    "verdict",
-)
-
-
-def theory_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """gdexp.theory's prediction for each run, one row per run (columns `THEORY_COLUMNS`)."""
-    from gdexp import theory  # imported late: it builds data with torch
-
-    predictions = theory.predict_many([run_config(row) for _, row in runs.iterrows()])
-    rows = [
-        {
-            "run_id": run_id,
-            "method": p.method,
-            "step_size": p.step_size,
-            "seed": int(seed),
-            "batch_size": p.batch_size,
-            "bgd_threshold": p.bgd_threshold,
-            "sgd_threshold": p.sgd_threshold,
-            "spectral_radius": p.epoch_map.spectral_radius,
-            "transient_gain": p.epoch_map.transient_gain,
-            "fixed_point_w": p.epoch_map.fixed_point_w,
-            "fixed_point_b": p.epoch_map.fixed_point_b,
-            "fixed_point_loss": p.epoch_map.fixed_point_loss,
-            "stable": bool(p.epoch_map.stable),
-            "verdict": p.verdict,
-        }
-        for run_id, seed, p in zip(runs["run_id"], runs["seed"], predictions, strict=True)
-    ]
-    return pd.DataFrame(rows, columns=list(THEORY_COLUMNS))
+    config = RunConfig(
+        method=MethodConfig(
+            name=str(row["method"]),
+            batch_size=int(row["batch_size"]),
+            shuffle=bool(row["shuffle"]),
+        ),
+        step_size=float(row["step_size"]),
+        epochs=int(row["epochs"]),
+        seed=int(row["seed"]),
+        dtype=str(row["dtype"]),
+        convergence_tolerance=float(row["convergence_tolerance"]),
+        data=DataConfig(
+            n_points=int(row["n_points"]),
+            x_start=float(row["x_start"]),
+            x_step=float(row["x_step"]),
+            slope=float(row["slope"]),
+            intercept=float(row["intercept"]),
+            noise_std=float(row["noise_std"]),
+        ),
+        init=InitConfig(w=float(row["init_w"]), b=float(row["init_b"])),
+    )
+    return OmegaConf.structured(config)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gdexp.analysis import figures
+from gdexp.analysis import figures, tables
 from gdexp.analysis.load import (
     LATEST,
     AnalysisError,
@@ -29,8 +29,18 @@ from gdexp.analysis.load import (
     load_histories,
     load_runs,
     open_store,
-    theory_table,
 )
+from gdexp.names import method_short
+from gdexp.outcome import (
+    CONVERGED,
+    CONVERGING,
+    DIVERGED,
+    MEANINGS,
+    OSCILLATING,
+    OUTCOMES,
+    STALLED,
+)
+from gdexp.theory import CONVERGES, DIVERGES, SETTLES_HIGH
 
 ARTIFACT_DIR = "analysis"
 FIGURES = {
@@ -38,18 +48,22 @@ FIGURES = {
     "step_size_map": "Final loss against step size, with theory",
     "parameter_path": "Parameter paths over the loss contours",
 }
-OUTCOMES = ("converged", "converging", "diverged")
 FAILED_STATUSES = ("FAILED", "KILLED")
+# The outcomes that agree with each of theory's verdicts.
+AGREES = {
+    CONVERGES: {CONVERGED, CONVERGING},
+    SETTLES_HIGH: {STALLED, OSCILLATING},
+    DIVERGES: {DIVERGED},
+}
 SUMMARY_COLUMNS = (
     "method",
     "step_size",
     "runs",
     "seeds",
-    "converged",
-    "converging",
-    "diverged",
+    *OUTCOMES,
     "failed",
     "median_final_loss",
+    "median_optimal_loss",
     "final_w_mean",
     "final_w_sd",
     "final_b_mean",
@@ -57,6 +71,7 @@ SUMMARY_COLUMNS = (
     "theory_verdict",
     "theory_fixed_point_loss",
     "theory_spectral_radius",
+    "theory_agrees",
 )
 
 
@@ -71,13 +86,16 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
     """One row per (method, step_size), methods in bgd, sgd, minibatch order (columns
     `SUMMARY_COLUMNS`).
 
-    runs / seeds: how many runs and distinct seeds; converged / converging / diverged: the share
-    of the runs with that outcome (0-1); failed: runs FAILED or KILLED;
-    median_final_loss over the runs (inf if most blew up); final w and b mean and sample sd;
-    theory_*: gdexp.theory's verdict (one, or "mixed: ..." if seeds differ), the median
-    predicted fixed-point loss (NaN where the epoch map is unstable) and spectral radius ρ(M).
+    runs / seeds: how many runs and distinct seeds; one column per outcome (gdexp.outcome's
+    OUTCOMES): the share of the runs with it (0-1); failed: runs FAILED or KILLED;
+    median_final_loss over the runs (inf if most blew up) and the median least-squares loss;
+    final w and b mean and sample sd; theory_*: gdexp.theory's verdict (one, or "mixed: ..." if
+    seeds differ), the median predicted fixed-point loss (NaN where the epoch map is unstable)
+    and spectral radius ρ(M), and theory_agrees: how many runs ended as their verdict says
+    (`AGREES`).
     """
-    theory = theory_table(runs) if theory is None else theory
+    theory = tables.theory_table(runs) if theory is None else theory
+    verdicts = dict(zip(theory["run_id"], theory["verdict"], strict=True))
     theory = theory.set_index("run_id")
     rows = []
     for method in figures.methods_in(runs):
@@ -86,6 +104,10 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
             predicted = theory.loc[theory.index.intersection(cell["run_id"])]
             n = len(cell)
             stable = predicted[predicted["stable"]]
+            agrees = sum(
+                outcome in AGREES.get(verdicts.get(run_id), ())
+                for run_id, outcome in zip(cell["run_id"], cell["outcome"], strict=True)
+            )
             rows.append(
                 {
                     "method": method,
@@ -95,6 +117,7 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
                     **{o: float((cell["outcome"] == o).sum()) / n for o in OUTCOMES},
                     "failed": int(cell["status"].isin(FAILED_STATUSES).sum()),
                     "median_final_loss": float(cell["final_loss"].median()),
+                    "median_optimal_loss": float(cell["optimal_loss"].median()),
                     "final_w_mean": float(cell["final_w"].mean()),
                     "final_w_sd": float(cell["final_w"].std()),
                     "final_b_mean": float(cell["final_b"].mean()),
@@ -104,6 +127,7 @@ def summary_table(runs: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.
                         float(stable["fixed_point_loss"].median()) if len(stable) else math.nan
                     ),
                     "theory_spectral_radius": float(predicted["spectral_radius"].median()),
+                    "theory_agrees": int(agrees),
                 }
             )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
@@ -117,6 +141,19 @@ def _num(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def format_radius(value: float, digits: int = 4) -> str:
+    """ρ(M) with `digits` significant digits, and more where needed so that the text is on the
+    same side of 1 as the value: 0.99998 reads 0.99998, never "1"; 1.00002 never "1" either."""
+    if value is None or not math.isfinite(value):
+        return _num(value)
+    for d in range(digits, 18):
+        text = f"{value:.{d}g}"
+        shown = float(text)
+        if (shown < 1) == (value < 1) and (shown > 1) == (value > 1):
+            return text
+    return repr(value)
+
+
 def _mean_sd(mean: float, sd: float) -> str:
     return _num(mean, 4) if math.isnan(sd) else f"{_num(mean, 4)} ± {_num(sd, 2)}"
 
@@ -128,60 +165,89 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
 
 
+def outcome_counts(row: Any) -> dict[str, int]:
+    """{outcome: runs} of a summary row, in OUTCOMES order, outcomes with no run left out."""
+    counts = {o: round(getattr(row, o) * row.runs) for o in OUTCOMES}
+    return {o: n for o, n in counts.items() if n}
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {o}" for o, n in counts.items()) or "no outcome"
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     header = (
         "Method",
         "Step size",
         "Runs",
-        "Seeds",
-        "Converged",
-        "Converging",
-        "Diverged",
+        "Outcomes",
         "Median final loss",
         "Final w (mean ± sd)",
         "Final b (mean ± sd)",
-        "Theory",
+        "Theory (ρ)",
         "Theory fixed-point loss",
+        "Runs as theory says",
     )
     rows = [
         (
-            figures.METHOD_SHORT.get(r.method, r.method),
+            method_short(r.method),
             f"{r.step_size:g}",
             f"{r.runs}" + (f" ({r.failed} failed)" if r.failed else ""),
-            f"{r.seeds}",
-            *(f"{getattr(r, o):.0%}" for o in OUTCOMES),
+            _tally(outcome_counts(r)),
             _num(r.median_final_loss),
             _mean_sd(r.final_w_mean, r.final_w_sd),
             _mean_sd(r.final_b_mean, r.final_b_sd),
-            f"{r.theory_verdict} (ρ = {_num(r.theory_spectral_radius)})",
+            f"{r.theory_verdict} (ρ = {format_radius(r.theory_spectral_radius)})",
             _num(r.theory_fixed_point_loss),
+            f"{r.theory_agrees} of {r.runs}",
         )
         for r in summary.itertuples()
     ]
     return _markdown_table(header, rows)
 
 
-def _finding(row: Any) -> str:
-    """One sentence per table row: what the runs did, and what theory says about it."""
-    name = f"**{figures.METHOD_SHORT.get(row.method, row.method)}, step size {row.step_size:g}**"
-    tally = ", ".join(
-        f"{round(getattr(row, o) * row.runs)} {o}" for o in OUTCOMES if getattr(row, o) > 0
-    )
-    measured = f"{row.runs} runs: {tally or 'none finished'}; median final loss " + _num(
-        row.median_final_loss
-    )
+def _theory_words(row: Any) -> str:
+    rho = format_radius(row.theory_spectral_radius)
     verdict = row.theory_verdict
-    theory = f"Theory: {verdict} (ρ(M) = {_num(row.theory_spectral_radius)})"
-    if verdict == "settles high" and math.isfinite(row.median_final_loss):
-        theory += (
-            f", fixed-point loss {_num(row.theory_fixed_point_loss)}: the epoch map is stable, so "
-            "the runs do not blow up to infinity; they settle on a cycle around a fixed point "
-            "far from the fit (measured / predicted = "
-            f"{_num(row.median_final_loss / row.theory_fixed_point_loss, 2)})"
+    fixed = _num(row.theory_fixed_point_loss)
+    if verdict == CONVERGES:
+        return f"Theory: converges (ρ(M) = {rho} < 1; the fixed point is the fit, loss {fixed})"
+    if verdict == SETTLES_HIGH:
+        return (
+            f"Theory: settles high (ρ(M) = {rho} < 1: the loss stays finite and settles around "
+            f"the epoch map's fixed point, loss {fixed}, far above the optimum)"
         )
-    elif verdict == "converges":
-        theory += f", fixed-point loss {_num(row.theory_fixed_point_loss)}"
-    return f"- {name}: {measured}. {theory}."
+    if verdict == DIVERGES:
+        return f"Theory: diverges (ρ(M) = {rho} ≥ 1: the loss grows without bound)"
+    return f"Theory: {verdict} (median ρ(M) = {rho})"
+
+
+def _finding(row: Any) -> str:
+    """One sentence per table row, from the row's own numbers: what the runs did, what theory
+    says, and whether they agree."""
+    name = f"**{method_short(row.method)}, step size {row.step_size:g}**"
+    counts = outcome_counts(row)
+    measured = (
+        f"{row.runs} runs: {_tally(counts)}; median final loss {_num(row.median_final_loss)} "
+        f"(optimum {_num(row.median_optimal_loss)})"
+    )
+    if row.theory_agrees == row.runs:
+        agreement = "All runs ended as theory says"
+    else:
+        agreement = f"{row.runs - row.theory_agrees} of {row.runs} runs ended otherwise"
+    settled = counts.keys() & {STALLED, OSCILLATING}
+    if settled and math.isfinite(row.theory_fixed_point_loss) and row.theory_fixed_point_loss > 0:
+        ratio = row.median_final_loss / row.theory_fixed_point_loss
+        agreement += f" (median final loss / predicted fixed-point loss = {_num(ratio, 2)})"
+    return f"- {name}: {measured}. {_theory_words(row)}. {agreement}."
+
+
+def _outcome_key() -> str:
+    return (
+        "Outcomes, from each run's own loss history (gdexp.outcome): "
+        + "; ".join(f"*{o}*: {MEANINGS[o]}" for o in OUTCOMES)
+        + "."
+    )
 
 
 def _thresholds(theory: pd.DataFrame) -> str:
@@ -230,7 +296,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     if histories is None:
         histories = load_histories(runs, keys=("loss", "w", "b"))
-    theory = theory_table(runs) if theory is None else theory
+    theory = tables.theory_table(runs) if theory is None else theory
 
     made = {
         "loss_curves": figures.loss_curves(runs, histories),
@@ -268,20 +334,30 @@ def _report_text(
         title = "# Gradient descent runs: all runs"
         source = "All runs that are not sweep parents"
     where = f" in experiment `{attrs.get('experiment', '?')}` of `{attrs.get('tracking_uri', '?')}`"
-    counts = runs["outcome"].value_counts()
-    tally = ", ".join(f"{int(counts.get(o, 0))} {o}" for o in OUTCOMES)
-    failed = int(runs["status"].isin(FAILED_STATUSES).sum())
+    # The headline adds up the table's rows, so the two always agree.
+    totals: dict[str, int] = {}
+    for row in summary.itertuples():
+        for outcome, n in outcome_counts(row).items():
+            totals[outcome] = totals.get(outcome, 0) + n
+    totals = {o: totals[o] for o in OUTCOMES if o in totals}
+    failed = int(summary["failed"].sum())
+    agree = int(summary["theory_agrees"].sum())
     lines = [
         title,
         "",
-        f"{source}{where}: {len(runs)} runs ({tally}; {failed} failed or killed).",
+        f"{source}{where}: {len(runs)} runs ({_tally(totals)}; {failed} failed or killed); "
+        f"{agree} of {len(runs)} ended as theory says.",
         "",
         "## Summary per method and step size",
         "",
-        "Outcome shares are of all runs in the row; final w and b are mean ± sample sd over the "
-        "runs. Theory (gdexp.theory) analyses one epoch as an affine map θ ↦ Mθ + c on each "
-        "run's own data: ρ(M) < 1 means the run settles on the map's fixed point; its loss "
-        "there is the predicted fixed-point loss.",
+        _outcome_key(),
+        "",
+        "Final w and b are mean ± sample sd over the runs. Theory (gdexp.theory) analyses one "
+        "epoch as an affine map θ ↦ Mθ + c on each run's own data: ρ(M) < 1 means the run "
+        "settles on the map's fixed point, whose loss is the predicted fixed-point loss; a run "
+        "ends as theory says when it converged or is converging where theory says *converges*, "
+        "stalled or oscillates where it says *settles high*, and diverged where it says "
+        "*diverges*.",
         "",
         table,
         _thresholds(theory),
