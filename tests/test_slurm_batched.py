@@ -4,6 +4,7 @@ batched launcher; a cancelled task leaves nothing RUNNING and a re-run completes
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,10 @@ def chunked(cluster: SlurmCluster, store: Store, *args: str, **popen) -> subproc
         cwd=store.folder, env=clean_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )  # fmt: skip
+
+
+def runs_of_sweep(store: Store) -> list:
+    return [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +59,13 @@ def test_chunked_cluster_runs_equal_local_batched_runs(
 
 def test_a_cancelled_task_fails_its_runs_and_a_rerun_completes_the_sweep(slurm_cluster, store):
     # Two tasks of one long SGD run each; one is cancelled while it trains.
-    grid = ("method=sgd", "seed=0,1", "epochs=2000", "tracking.log_step_loss=false",
+    grid = ("method=sgd", "seed=0,1", "epochs=1000", "tracking.log_step_loss=false",
             "hydra.launcher.runs_per_task=1")  # fmt: skip
     sweep = chunked(slurm_cluster, store, *grid)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        running = [r for r in store.runs() if r.info.status == "RUNNING" and r.data.params]
-        if len(running) == 2:  # both tasks are training (the parent has no params)
+        running = [r for r in runs_of_sweep(store) if r.info.status == "RUNNING"]
+        if len(running) == 2:  # both tasks are training
             break
         time.sleep(1)
     else:
@@ -71,12 +76,33 @@ def test_a_cancelled_task_fails_its_runs_and_a_rerun_completes_the_sweep(slurm_c
     output, _ = sweep.communicate(timeout=600)
     assert sweep.returncode != 0, output[-3000:]
     assert "ended CANCELLED" in output and "1 of 2 runs failed" in output
-    statuses = sorted(r.info.status for r in store.runs() if r.data.params)
+    statuses = sorted(r.info.status for r in runs_of_sweep(store))
     assert statuses == ["FINISHED", "KILLED"]
 
     again = chunked(slurm_cluster, store, *grid)
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output[-3000:]
     assert "resuming: 1 already FINISHED" in output
-    finished = [r for r in store.runs() if r.info.status == "FINISHED" and r.data.params]
+    finished = [r for r in runs_of_sweep(store) if r.info.status == "FINISHED"]
     assert sorted(r.data.params["seed"] for r in finished) == ["0", "1"]
+
+
+def test_ctrl_c_cancels_the_array_and_leaves_nothing_running(slurm_cluster, store):
+    grid = ("method=sgd", "seed=0,1", "epochs=1000", "tracking.log_step_loss=false",
+            "hydra.launcher.runs_per_task=1")  # fmt: skip
+    sweep = chunked(slurm_cluster, store, *grid)
+    deadline = time.monotonic() + 180
+    while not [r for r in runs_of_sweep(store) if r.info.status == "RUNNING"]:
+        assert time.monotonic() < deadline, "no task started"
+        time.sleep(1)
+    assert slurm_cluster.squeue()
+    sweep.send_signal(signal.SIGINT)
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, output[-3000:]
+    assert "cancelled array job" in output and "Traceback" not in output
+    deadline = time.monotonic() + 60
+    while slurm_cluster.squeue() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert slurm_cluster.squeue() == []  # cancelled, not left to finish
+    statuses = {r.info.status for r in store.runs()}
+    assert "RUNNING" not in statuses and "KILLED" in statuses

@@ -85,8 +85,22 @@ def launch(
             done = sum(r is not None for r in results)
             log.info("Array task %s back: %d/%d runs", job.job_id, done, len(configs))
     except KeyboardInterrupt:
-        for job in jobs:  # nothing of the sweep may keep running on the cluster
-            job.cancel(check=False)
+        cancel(jobs)
         log.error("Interrupted: cancelled array job %s", array)
         raise
     return job_returns(config, job_overrides, configs, results)
+
+
+def cancel(jobs: Sequence[Any], wait_seconds: float = 60.0) -> None:
+    """Cancel the tasks and wait (bounded) until they have ended: a task that was starting as
+    the sweep stopped may still create its runs, which the sweep must then see to close them."""
+    import time
+
+    for job in jobs:
+        job.cancel(check=False)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if all(job.done(force_check=True) for job in jobs):
+            return
+        time.sleep(1.0)
+    log.error("Cancelled tasks still listed after %.0f s; check squeue", wait_seconds)
