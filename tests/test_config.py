@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from gdexp.config import ConfigError, register_configs, validate
+from gdexp.config import (
+    CHECKS,
+    ConfigError,
+    LaunchLines,
+    close_keys,
+    register_configs,
+    schema_keys,
+    type_name,
+    validate,
+    value_problems,
+)
 
 register_configs()
 
@@ -110,3 +122,80 @@ def test_valid_extremes_pass():
             "method.batch_size=1000",
         )
     )
+
+
+def test_every_key_of_the_schema_has_a_type_a_default_and_a_line_of_help():
+    keys = schema_keys()
+    assert {k.key for k in keys} >= {"step_size", "method.batch_size", "tracking.uri"}
+    assert all(k.help for k in keys), [k.key for k in keys if not k.help]
+    assert set(CHECKS) <= {k.key for k in keys}  # every range check is of a real key
+    kinds = {k.key: type_name(k.type) for k in keys}
+    assert kinds["seed"] == "int" and kinds["method.batch_size"] == "int|null"
+    assert kinds["dtype"] == "float32|float64"
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("epoch", ["epochs"]),
+        ("stepsize", ["step_size"]),
+        ("method.batchsize", ["method.batch_size"]),
+        ("batch_size", ["method.batch_size"]),  # the group left out
+        ("noise", ["data.noise_std"]),  # the start of a key
+        ("init.W", ["init.w"]),
+        ("method.lr", []),  # nothing close: no guess
+        ("lr", []),
+    ],
+)
+def test_close_keys_finds_what_was_meant(typed, meant):
+    assert close_keys(typed, {k.key for k in schema_keys()}) == meant
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("seed", 1.5, "seed is an int (a whole number), not 1.5"),
+        ("epochs", None, "epochs is an int (a whole number), not null"),
+        ("dtype", "float16", "dtype is one of float32, float64, not 'float16'"),
+        ("step_size", -1, "step_size=-1.0 is invalid: it must be a finite number > 0"),
+        ("data", {"n_pints": 3}, "gdexp has no key 'data.n_pints'; did you mean data.n_points?"),
+        ("data", {"noise_std": -1}, "data.noise_std=-1.0 is invalid"),
+    ],
+)
+def test_a_typed_value_is_checked_against_the_schema_alone(key, value, problem):
+    [found] = value_problems(f"{key}=…", key, [value])
+    assert problem in found
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("step_size", 1),  # an int where a float goes: converted, as composition does
+        ("method.batch_size", None),
+        ("tracking.uri", "sqlite:///x.db"),
+        ("step_size", "${data.x_step}"),  # interpolations are composition's to check
+        ("data", {"n_points": 5, "noise_std": 0}),
+    ],
+)
+def test_valid_typed_values_pass(key, value):
+    assert value_problems(f"{key}=…", key, [value]) == []
+
+
+def test_launcher_lines_are_dropped_unless_their_logger_is_verbose():
+    quiet = LaunchLines()
+    launcher = logging.getLogger("hydra._internal.core_plugins.basic_launcher")
+
+    def record(name: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "Launching 1 jobs locally", None, None)
+
+    old = launcher.level
+    try:
+        launcher.setLevel(logging.INFO)
+        assert not quiet.filter(record(launcher.name))
+        assert quiet.filter(record(launcher.name, logging.ERROR))  # errors always pass
+        assert quiet.filter(record("hydra_plugins.gdexp_plugins._sweeper_core"))  # gdexp's own
+        assert quiet.filter(record("gdexp.run"))
+        launcher.setLevel(logging.DEBUG)  # what hydra.verbose=true / =hydra does
+        assert quiet.filter(record(launcher.name))
+    finally:
+        launcher.setLevel(old)
