@@ -421,18 +421,26 @@ class Tracker:
         )
 
     def compare_address(self, run_ids: Sequence[str], metric: str = "loss") -> str:
-        """MLflow's metric page for these runs: `metric` against the step (epochs), log y."""
+        """MLflow's metric page for these runs: `metric` against the step (epochs), log y.
+
+        MLflow 3.x's page reads `runs` only as the first parameter and shows "invalid URL"
+        without `metric` (a JSON string); `plot_layout` sets its log-scale switch to match."""
         from urllib.parse import quote
 
+        def compact(value: object) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
         query = {
-            "runs": json.dumps(list(run_ids)),
-            "experiments": json.dumps([self.experiment_id]),
-            "plot_metric_keys": json.dumps([metric]),
+            "runs": compact(list(run_ids)),
+            "metric": compact(metric),
+            "experiments": compact([self.experiment_id]),
+            "plot_metric_keys": compact([metric]),
+            "plot_layout": compact({"yaxis": {"type": "log"}}),
             "x_axis": "step",
             "y_axis_scale": "log",
         }
         encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
-        return f"{self.ui_base()}/#/metric/{quote(metric)}?{encoded}"
+        return f"{self.ui_base()}/#/metric/{quote(metric, safe='')}?{encoded}"
 
 
 def open_tracker(
