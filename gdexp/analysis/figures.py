@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 from gdexp.names import METHOD_ORDER, method_short, method_title
+from gdexp.outcome import CONVERGED, CONVERGING, DIVERGED, OSCILLATING, STALLED
 
 METHOD_COLORS = {"bgd": "tab:blue", "sgd": "tab:orange", "minibatch": "tab:green"}
 LOSS_LABEL = "loss"
@@ -46,11 +47,11 @@ LOG_SPAN = 100.0  # a loss axis is logarithmic when its values span more than th
 
 # Marker of a run's outcome (gdexp.outcome's vocabulary) in `step_size_map`: (marker, filled).
 OUTCOME_MARKERS = {
-    "converged": ("o", True),
-    "converging": ("o", False),
-    "stalled": ("s", True),
-    "oscillating": ("D", False),
-    "diverged": ("^", True),  # still growing, finite; overflowed runs are × at the top
+    CONVERGED: ("o", True),
+    CONVERGING: ("o", False),
+    STALLED: ("s", True),
+    OSCILLATING: ("D", False),
+    DIVERGED: ("^", True),  # still growing, finite; overflowed runs are × at the top
 }
 
 
@@ -145,7 +146,7 @@ def _loss_limits(
     """y limits of a loss panel: all finite values of the runs that did not diverge and `floor`
     (the optimum), with room above (log: 1000×) for diverging runs to show their rise before
     they leave the panel."""
-    calm = history[history["run_id"].isin(runs.loc[runs["outcome"] != "diverged", "run_id"])]
+    calm = history[history["run_id"].isin(runs.loc[runs["outcome"] != DIVERGED, "run_id"])]
     values = np.append((calm if not calm.empty else history)["value"].to_numpy(), floor)
     values = values[np.isfinite(values) & ((values > 0) if log_y else True)]
     if not values.size:
@@ -215,7 +216,7 @@ def loss_curves(
                 ys,
                 color=color,
                 linewidth=1.4,
-                marker="o" if len(cell) <= 40 else None,
+                marker="o" if legend_steps and len(cell) <= 40 else None,
                 markersize=2.5,
             )[0]
             _tag(line, label, MEDIAN_LABEL)
@@ -250,10 +251,11 @@ def loss_curves(
 
     handles = []
     if legend_steps:
+        drawn = legend_groups(fig)
         handles += [
             _proxy(f"step size {s:g}", color=cmap(norm(s)), marker="o", markersize=4, linestyle="-")
             for s in step_sizes
-            if legend_groups(fig).get(f"step size {s:g}")
+            if drawn.get(f"step size {s:g}")
         ]
     else:
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.01, aspect=30)
@@ -268,11 +270,11 @@ def loss_curves(
 
 
 OUTCOME_WORDS = {
-    "converged": "converged",
-    "converging": "converging (still falling)",
-    "stalled": "stalled (flat above the optimum)",
-    "oscillating": "oscillating (up and down)",
-    "diverged": "diverged (still growing)",
+    CONVERGED: "converged",
+    CONVERGING: "converging (still falling)",
+    STALLED: "stalled (flat above the optimum)",
+    OSCILLATING: "oscillating (up and down)",
+    DIVERGED: "diverged (still growing)",
 }
 OVERFLOWED_RUNS_LABEL = "diverged to ∞ (× at top)"
 OTHER_OUTCOME_LABEL = "other outcome"
@@ -426,7 +428,10 @@ def step_size_map(
     ax.set_xlabel("step size")
     ax.set_ylabel(f"final {LOSS_LABEL}")
     ax.grid(True, which="major", alpha=0.3)
-    handles = [*method_handles, *outcome_handles.values(), *theory_handles]
+    order = [*(OUTCOME_WORDS[o] for o in OUTCOME_MARKERS), OVERFLOWED_RUNS_LABEL]
+    rank = {label: i for i, label in enumerate(order)}  # best to worst; anything else last
+    outcomes = sorted(outcome_handles.items(), key=lambda kv: rank.get(kv[0], len(order)))
+    handles = [*method_handles, *(h for _, h in outcomes), *theory_handles]
     ax.legend(
         handles=handles,
         loc="upper left",
@@ -444,7 +449,7 @@ def default_path_runs(runs: pd.DataFrame) -> list[str]:
     for method in methods_in(runs):
         of_method = runs[runs["method"] == method]
         finite = of_method[np.isfinite(of_method["final_loss"])]
-        settled = finite[finite["outcome"] != "diverged"]
+        settled = finite[finite["outcome"] != DIVERGED]
         pool = settled if not settled.empty else finite if not finite.empty else of_method
         largest = pool[pool["step_size"] == pool["step_size"].max()]
         chosen.append(largest.sort_values(["seed", "start_time"])["run_id"].iloc[0])

@@ -211,7 +211,10 @@ def _theory_words(row: Any) -> str:
     verdict = row.theory_verdict
     fixed = _num(row.theory_fixed_point_loss)
     if verdict == CONVERGES:
-        return f"Theory: converges (ρ(M) = {rho} < 1; the fixed point is the fit, loss {fixed})"
+        return (
+            f"Theory: converges (ρ(M) = {rho} < 1; the fixed point's loss {fixed} is within "
+            "10× the optimum)"
+        )
     if verdict == SETTLES_HIGH:
         return (
             f"Theory: settles high (ρ(M) = {rho} < 1: the loss stays finite and settles around "
