@@ -309,62 +309,85 @@ def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         yield list(ids[start : start + _BULK_CHUNK])
 
 
+def _tables() -> dict[str, Any]:
+    """MLflow's tables, as far as they are read here (SQLAlchemy Core: quoted per dialect)."""
+    from sqlalchemy import column, table
+
+    def columns(*names: str) -> list:
+        return [column(name) for name in names]
+
+    return {
+        "runs": table(
+            "runs",
+            *columns("run_uuid", "name", "status", "start_time", "experiment_id"),
+            column("lifecycle_stage"),
+        ),
+        "params": table("params", *columns("run_uuid", "key", "value")),
+        "tags": table("tags", *columns("run_uuid", "key", "value")),
+        "latest_metrics": table("latest_metrics", *columns("run_uuid", "key", "value", "is_nan")),
+        "metrics": table(
+            "metrics", *columns("run_uuid", "key", "step", "value", "timestamp", "is_nan")
+        ),
+    }
+
+
 def _sql_run_ids(engine: Any, experiment_id: str, parent_id: str | None) -> list[str]:
     """Active runs of the experiment: the children of `parent_id`, or with None every run that
     is not a sweep parent."""
-    from sqlalchemy import text
+    from sqlalchemy import and_, exists, select
 
+    t = _tables()
+    runs, tags = t["runs"], t["tags"]
+    active = and_(runs.c.experiment_id == int(experiment_id), runs.c.lifecycle_stage == "active")
     if parent_id is None:
-        query = (
-            "SELECT r.run_uuid FROM runs r WHERE r.experiment_id = :experiment "
-            "AND r.lifecycle_stage = 'active' AND NOT EXISTS (SELECT 1 FROM tags t "
-            "WHERE t.run_uuid = r.run_uuid AND t.key = :kind AND t.value = :sweep)"
+        sweep = exists().where(
+            and_(
+                tags.c.run_uuid == runs.c.run_uuid,
+                tags.c.key == KIND_TAG,
+                tags.c.value == SWEEP_KIND,
+            )
         )
-        values = {"kind": KIND_TAG, "sweep": SWEEP_KIND}
+        query = select(runs.c.run_uuid).where(active, ~sweep)
     else:
         query = (
-            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE r.experiment_id = :experiment AND r.lifecycle_stage = 'active' "
-            "AND t.key = :parent_tag AND t.value = :parent"
+            select(runs.c.run_uuid)
+            .join(tags, tags.c.run_uuid == runs.c.run_uuid)
+            .where(active, tags.c.key == PARENT_TAG, tags.c.value == parent_id)
         )
-        values = {"parent_tag": PARENT_TAG, "parent": parent_id}
     with engine.connect() as connection:
-        found = connection.execute(text(query), {"experiment": int(experiment_id), **values})
-        return [row[0] for row in found]
+        return [row[0] for row in connection.execute(query)]
 
 
 def _sql_records(engine: Any, run_ids: Sequence[str]) -> list[_Record]:
     """The runs `run_ids` that are active, with their params, tags and latest metrics."""
-    from sqlalchemy import bindparam, text
+    from sqlalchemy import select
 
-    def query(sql: str) -> Any:
-        return text(sql).bindparams(bindparam("ids", expanding=True))
-
-    info = query(
-        "SELECT run_uuid, name, status, start_time FROM runs "
-        "WHERE run_uuid IN :ids AND lifecycle_stage = 'active'"
-    )
-    params = query("SELECT run_uuid, key, value FROM params WHERE run_uuid IN :ids")
-    tags = query("SELECT run_uuid, key, value FROM tags WHERE run_uuid IN :ids")
-    metrics = query(
-        "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN :ids"
-    )
+    t = _tables()
+    runs = t["runs"]
     records = []
     with engine.connect() as connection:
         for ids in _chunks(run_ids):
             found: dict[str, tuple[dict, dict, dict]] = {}
-            rows = connection.execute(info, {"ids": ids}).all()
+            rows = connection.execute(
+                select(runs.c.run_uuid, runs.c.name, runs.c.status, runs.c.start_time).where(
+                    runs.c.run_uuid.in_(ids), runs.c.lifecycle_stage == "active"
+                )
+            ).all()
             for run_id, *_ in rows:
                 found[run_id] = ({}, {}, {})
-            for run_id, key, value in connection.execute(params, {"ids": ids}):
-                if run_id in found:
-                    found[run_id][0][key] = value
-            for run_id, key, value, is_nan in connection.execute(metrics, {"ids": ids}):
-                if run_id in found:
-                    found[run_id][1][key] = math.nan if is_nan else float(value)
-            for run_id, key, value in connection.execute(tags, {"ids": ids}):
-                if run_id in found:
-                    found[run_id][2][key] = value
+            for position, name in enumerate(("params", "latest_metrics", "tags")):
+                kv = t[name]
+                wanted = [kv.c.run_uuid, kv.c.key, kv.c.value]
+                if name == "latest_metrics":
+                    wanted.append(kv.c.is_nan)
+                for run_id, key, value, *nan in connection.execute(
+                    select(*wanted).where(kv.c.run_uuid.in_(ids))
+                ):
+                    if run_id not in found:
+                        continue
+                    if name == "latest_metrics":
+                        value = math.nan if nan[0] else float(value)
+                    found[run_id][position][key] = value
             records += [
                 _Record(run_id, name, status, start, *found[run_id])
                 for run_id, name, status, start in rows
@@ -548,16 +571,17 @@ def _bulk_histories(store: Any, run_ids: Sequence[str], keys: Sequence[str]) -> 
 
 
 def _sql_histories(engine: Any, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
-    from sqlalchemy import bindparam, text
+    from sqlalchemy import select
 
-    query = text(
-        "SELECT run_uuid, key, step, value, timestamp, is_nan FROM metrics "
-        "WHERE key IN :keys AND run_uuid IN :ids"
-    ).bindparams(bindparam("keys", expanding=True), bindparam("ids", expanding=True))
+    metrics = _tables()["metrics"]
+    c = metrics.c
     rows = []
     with engine.connect() as connection:
         for ids in _chunks(run_ids):
-            rows += connection.execute(query, {"keys": list(keys), "ids": ids}).all()
+            query = select(c.run_uuid, c.key, c.step, c.value, c.timestamp, c.is_nan).where(
+                c.key.in_(list(keys)), c.run_uuid.in_(ids)
+            )
+            rows += connection.execute(query).all()
     if not rows:
         return _empty_history(with_time=True)
     frame = pd.DataFrame.from_records(
