@@ -9,12 +9,9 @@ from hydra.core.utils import JobReturn
 
 from hydra_plugins.gdexp_plugins._batched_core import compose_jobs, job_manifest, job_returns
 from hydra_plugins.gdexp_plugins._common import require_gdexp_app
+from hydra_plugins.gdexp_plugins._submitit import array_id, collect
 
 log = logging.getLogger(__name__)
-
-
-class TaskFailed(Exception):
-    """A cluster task that did not hand its chunk back: cancelled, out of time, or crashed."""
 
 
 def chunks(n_runs: int, runs_per_task: int) -> list[range]:
@@ -65,42 +62,20 @@ def launch(
         [[list(job_overrides[i]) for i in part] for part in parts],
         [manifest] * len(parts),
     )
-    array = jobs[0].job_id.split("_")[0] if jobs else "-"
     log.info(
         "Submitted %d runs as %d array tasks of up to %d runs (job %s)",
-        len(configs), len(parts), settings["runs_per_task"], array,
+        len(configs), len(parts), settings["runs_per_task"], array_id(jobs),
     )  # fmt: skip
     results: list[Any] = [None] * len(configs)
-    try:
-        for part, job in zip(parts, jobs, strict=True):
-            try:
-                handed_back = job.result()
-            except Exception as error:  # cancelled, out of time, crashed: its runs failed
-                state = getattr(job, "state", "UNKNOWN")
-                line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                handed_back = [TaskFailed(f"array task {job.job_id} ended {state}: {line[:200]}")]
-                handed_back *= len(part)
-            for index, result in zip(part, handed_back, strict=True):
-                results[index] = result
-            done = sum(r is not None for r in results)
-            log.info("Array task %s back: %d/%d runs", job.job_id, done, len(configs))
-    except KeyboardInterrupt:
-        cancel(jobs)
-        log.error("Interrupted: cancelled array job %s", array)
-        raise
+
+    def handed_back(task: int, chunk_results: Any) -> None:
+        for index, result in zip(parts[task], chunk_results, strict=True):
+            results[index] = result
+        done = sum(r is not None for r in results)
+        log.info("Array task %s back: %d/%d runs", jobs[task].job_id, done, len(configs))
+
+    def failed(task: int, error: Exception) -> None:
+        handed_back(task, [error] * len(parts[task]))
+
+    collect(jobs, handed_back, failed)
     return job_returns(config, job_overrides, configs, results)
-
-
-def cancel(jobs: Sequence[Any], wait_seconds: float = 60.0) -> None:
-    """Cancel the tasks and wait (bounded) until they have ended: a task that was starting as
-    the sweep stopped may still create its runs, which the sweep must then see to close them."""
-    import time
-
-    for job in jobs:
-        job.cancel(check=False)
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        if all(job.done(force_check=True) for job in jobs):
-            return
-        time.sleep(1.0)
-    log.error("Cancelled tasks still listed after %.0f s; check squeue", wait_seconds)
