@@ -363,15 +363,18 @@ def validate(cfg: DictConfig, context: str = "") -> None:
 class LaunchLines(logging.Filter):
     """Drops a launcher's per-job chatter ("Launching 1 jobs locally", "#3 : seed=1") unless
     its logger is verbose: `hydra.verbose=true`, or `hydra.verbose=hydra` for Hydra's alone.
-    gdexp's own lines (its plan, a line per run, progress, the closing table) stay."""
-
-    LOGGERS = (
-        "hydra._internal.core_plugins.basic_launcher",
-        "hydra_plugins.hydra_joblib_launcher",
-        "hydra_plugins.hydra_submitit_launcher",
-    )
+    Attached to the launchers' loggers by conf/config.yaml (hydra.hydra_logging), so gdexp's
+    own lines (its plan, a line per run, progress, the closing table) and every warning and
+    error pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO or not record.name.startswith(self.LOGGERS):
+        if record.levelno > logging.INFO:
             return True
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+@functools.cache
+def launch_lines() -> LaunchLines:
+    """The one LaunchLines filter: Hydra configures its logging again at every launch, and a
+    logger keeps one copy of the same filter object, not one per configuration."""
+    return LaunchLines()

@@ -217,7 +217,8 @@ def test_legitimate_command_lines_pass_the_check(gdexp_cli, args):
     [
         (["hydra.job.chdir=true", "epochs=2"], 1),
         (["-m", "hydra/launcher=batched", "seed=range(0,3)", "epochs=2"], 4),
-        (["--multirun", "step_size=0.01,0.1", "init.w=0", "epochs=2"], 3),
+        (["--multirun", "step_size=0.01,0.1", "init.w=0", "epochs=2",
+          "hydra/hydra_logging=disabled"], 3),
         (["-m", "hydra.sweeper.max_batch_size=1", "method=glob(*)", "epochs=2"], 4),
         (["-m", "hydra/sweeper=optuna", "step_size=interval(0.001,0.2)",
           "hydra.sweeper.n_trials=2", "epochs=2"], 3),
