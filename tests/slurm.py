@@ -105,7 +105,7 @@ class SlurmCluster:
     partition: str
     cpus: int
     memory_mb: int  # the node's RealMemory
-    env: dict[str, str]  # os.environ plus SLURM_CONF: pass it to every client and launcher
+    env: dict[str, str]  # os.environ with SLURM_CONF: pass it to every client and launcher
     daemons: list[Daemon] = field(default_factory=list)
 
     def run(self, *command: str, timeout: float = 60, check: bool = True) -> str:
@@ -403,7 +403,9 @@ def running_slurm_cluster(partition: str = "debug", attempts: int = 3) -> Iterat
         cpus=os.cpu_count() or 1,
         memory_mb=max(512, min(_available_memory_mb() - 1024, 16 * 1024)),
     )
-    env = {**os.environ, "SLURM_CONF": str(layout.conf)}
+    # This environment, less the variables of any SLURM job it runs in, pointed at this cluster.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    env["SLURM_CONF"] = str(layout.conf)
     cluster = SlurmCluster(
         folder, layout.conf, layout.node, partition, layout.cpus, layout.memory_mb, env
     )
