@@ -432,13 +432,6 @@ CANCEL_GRID = {"method.name": ["sgd"], "epochs": ["600", "2000"]}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=SweepLeftTasksBehind,
-    strict=True,
-    reason="hydra-submitit-launcher's launch() collects results in task order "
-    "([j.results()[0] for j in jobs]); the cancelled task's UncompletedJobError ends it, the "
-    "sweeper marks the runs in flight KILLED and exits while the rest of the array runs on",
-)
 def test_a_task_cancelled_with_scancel_ends_its_run_and_the_sweep_resumes(sweeps_on):
     # Two tasks run at once: a ~8 s run, cancelled as soon as it is open, and a ~30 s one that
     # the launching command must still wait for, as it waits for the whole array.
@@ -521,12 +514,6 @@ INTERRUPT_GRID_ARGS = ("method=sgd", "seed=0,1", "epochs=4000", "tracking.log_st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=ArrayNotCancelled,
-    strict=True,
-    reason="on KeyboardInterrupt the sweeper marks the runs KILLED, but neither it nor "
-    "hydra-submitit-launcher nor submitit cancels the submitted array",
-)
 def test_ctrl_c_on_the_launching_command_cancels_its_array(sweeps_on):
     # Two ~50 s runs in flight, then Ctrl-C in the launching terminal (SIGINT to its process
     # group). The array must go with it: its runs KILLED, not finished behind the user's back

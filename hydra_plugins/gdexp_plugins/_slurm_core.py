@@ -59,7 +59,7 @@ def launch(
     returns: list[Any] = [None] * len(jobs)
 
     def handed_back(index: int, result: Any) -> None:
-        returns[index] = result[0]  # a task runs one job
+        returns[index] = result  # a task runs one job: its JobReturn
 
     def failed(index: int, error: Exception) -> None:
         ret = JobReturn(overrides=list(job_overrides[index]), task_name=config.hydra.job.name)

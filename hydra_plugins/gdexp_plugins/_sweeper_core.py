@@ -1,6 +1,7 @@
 """The work of `hydra/sweeper=gdexp`: the grid, composed and validated whole, run as one
 tracked sweep (gdexp.sweep) on whichever launcher is configured."""
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,13 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     )  # fmt: skip
     try:
         returns = _launch(sweeper, [jobs[i] for i in todo])
+    except Exception as error:  # the launcher itself failed: close the sweep with what it has
+        with contextlib.suppress(Exception):
+            tracked.close(objective=first.objective)
+        raise SweepFailed(
+            f"The launcher failed ({type(error).__name__}: {_first(error)[:300]}); the runs it "
+            "left unfinished are marked KILLED. Run the same command again to resume."
+        ) from error
     except BaseException:  # interrupted: no run of this sweep may stay RUNNING
         tracked.close_interrupted()
         raise
@@ -135,6 +143,11 @@ def _launch(sweeper: Any, jobs: list[Sequence[str]]) -> list[Sequence[JobReturn]
     return returns
 
 
+def _first(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _failure_report(failed: Sequence[JobReturn], total: int) -> str:
     lines = []
     for result in failed:
@@ -144,8 +157,7 @@ def _failure_report(failed: Sequence[JobReturn], total: int) -> str:
             continue
         except Exception as raised:
             error = raised
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        lines.append(f"  {overrides}: {type(error).__name__}: {first[:300]}")
+        lines.append(f"  {overrides}: {type(error).__name__}: {_first(error)[:300]}")
     return (
         f"{len(failed)} of {total} runs failed (marked FAILED in MLflow where it could be "
         "reached; running the same command again runs them again):\n" + "\n".join(lines)
