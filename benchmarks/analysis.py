@@ -10,9 +10,10 @@ DIR` keeps them in DIR and reuses them on the next call.
 Then, side by side on each store:
 
 - end to end: `python -m gdexp.analysis` as a user runs it (start-up, loading, theory, three
-  figures, the report, logging it to the sweep's parent run), wall time, the median of
-  `--repeat` runs; with `--baseline PATH` the same command with PYTHONPATH=PATH (another
-  checkout of gdexp, e.g. a `git worktree` of an older commit), and the ratio of the two;
+  figures, the report, logging it to the sweep's parent run), wall time and CPU time (user +
+  system: far less sensitive to other load on the machine), each the median of `--repeat`
+  runs; with `--baseline PATH` the same command with PYTHONPATH=PATH (another checkout of
+  gdexp, e.g. a `git worktree` of an older commit), and the ratios of the two;
 - where the time goes, in one fresh process: imports, loading the runs (`load_runs`) and their
   histories (`load_histories`: loss, w, b), theory (`theory_table`), each figure built and saved,
   the summary table and report text.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,20 +94,24 @@ def build_store(folder: Path, overrides: list[str]) -> None:
     print(f"  built {folder}/mlflow.db in {time.perf_counter() - start:.1f} s")
 
 
-def end_to_end(folder: Path, repeat: int, pythonpath: str | None = None) -> float:
-    """Median wall time of `python -m gdexp.analysis` in the store's folder."""
-    times = []
+def end_to_end(folder: Path, repeat: int, pythonpath: str | None = None) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of `python -m gdexp.analysis` in the
+    store's folder. CPU time hardly depends on what else the machine runs; wall time does."""
+    walls, cpus = [], []
     for i in range(repeat):
         out = folder / f"report-{'baseline' if pythonpath else 'current'}-{i}"
         command = [sys.executable, "-m", "gdexp.analysis", "--out", str(out)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(
             command, cwd=folder, env=gdexp_env(pythonpath), capture_output=True, text=True
         )
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"gdexp.analysis failed:\n{done.stderr[-3000:]}")
-    return statistics.median(times)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def phases(folder: Path) -> dict[str, float]:
@@ -137,18 +143,21 @@ def main() -> None:
             build_store(folder, overrides)
 
         print(f"\nEnd to end, `python -m gdexp.analysis`, median of {args.repeat}:")
-        header = f"  {'store':<11} {'runs':>5} {'current s':>10}"
+        header = f"  {'store':<11} {'runs':>5} {'current s':>10} {'(CPU s)':>8}"
         if args.baseline:
-            header += f" {'baseline s':>11} {'speed-up':>9}"
+            header += f" {'baseline s':>11} {'(CPU s)':>8} {'speed-up':>9} {'(CPU)':>6}"
         print(header + f" {'loading s':>10} {'theory s':>9} {'figures s':>10}")
         rows = []
         for name, (folder, _) in stores.items():
             marks = phases(folder)
-            current = end_to_end(folder, args.repeat)
-            line = f"  {name:<11} {int(marks['runs']):>5} {current:>10.2f}"
+            current, current_cpu = end_to_end(folder, args.repeat)
+            line = f"  {name:<11} {int(marks['runs']):>5} {current:>10.2f} {current_cpu:>8.2f}"
             if args.baseline:
-                baseline = end_to_end(folder, args.repeat, args.baseline)
-                line += f" {baseline:>11.2f} {baseline / current:>8.1f}x"
+                baseline, baseline_cpu = end_to_end(folder, args.repeat, args.baseline)
+                line += (
+                    f" {baseline:>11.2f} {baseline_cpu:>8.2f} {baseline / current:>8.1f}x"
+                    f" {baseline_cpu / current_cpu:>5.1f}x"
+                )
             loading = marks["load_runs"] + marks["load_histories"]
             drawing = marks["loss_curves"] + marks["step_size_map"] + marks["parameter_path"]
             print(line + f" {loading:>10.2f} {marks['theory']:>9.2f} {drawing:>10.2f}")
