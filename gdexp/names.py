@@ -13,6 +13,7 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 # --- gdexp's tags on a run ---------------------------------------------------------------------
 OUTCOME_TAG = "outcome"
+OUTCOME_REASON_TAG = "outcome_reason"  # the rule that decided the outcome, with its numbers
 ERROR_TAG = "error"
 OVERRIDES_TAG = "overrides"
 COMMAND_TAG = "command"

@@ -18,15 +18,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from gdexp import names
 from gdexp.data import dtype_name, effective_batch_size
 from gdexp.outcome import RunSummary
 from gdexp.train import Trajectory
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The files whose content determines a run's numbers. gdexp/analysis only reads runs back.
@@ -122,6 +124,8 @@ def finite_metrics(
     point at step k is stamped `timestamp + k` milliseconds. Both the step and the time axes of
     MLflow's charts then draw the curve (one shared timestamp collapses it to a vertical line).
     """
+    from mlflow.entities import Metric
+
     timestamp = timestamp if timestamp is not None else int(time.time() * 1000)
     return [
         Metric(key, float(value), timestamp + step, step)
@@ -193,7 +197,11 @@ def result_record(
     cfg: DictConfig, trajectory: Trajectory, summary: RunSummary
 ) -> tuple[list[Metric], dict[str, str]]:
     """What a run did: its metrics, and its outcome and description as tags."""
-    tags = {names.OUTCOME_TAG: summary.outcome, names.NOTE_TAG: describe(cfg, summary)}
+    tags = {
+        names.OUTCOME_TAG: summary.outcome,
+        names.OUTCOME_REASON_TAG: summary.reason,
+        names.NOTE_TAG: describe(cfg, summary),
+    }
     return result_metrics(trajectory, summary, cfg.tracking.log_step_loss), tags
 
 

@@ -165,7 +165,8 @@ def _check_sqlite_store(path: Path) -> None:
 
     elsewhere = "Point tracking.uri (or MLFLOW_TRACKING_URI) at a writable place."
     if not path.parent.is_dir():
-        raise refuse(f"its folder {path.parent} does not exist", "Create it, or " + elsewhere)
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise refuse(f"its folder {path.parent} {problem}", "Create it, or p" + elsewhere[1:])
     if path.exists():
         try:
             with path.open("r+b") as database:  # opened for writing, nothing written
@@ -175,7 +176,7 @@ def _check_sqlite_store(path: Path) -> None:
         if header and header != SQLITE_HEADER:
             raise refuse(
                 "the file is not an SQLite database (corrupt, or something else)",
-                "Move it away, or " + elsewhere,
+                "Move it away, or p" + elsewhere[1:],
             )
     # SQLite writes a journal beside the database, so the folder must take new files too.
     probe = path.parent / f".{path.name}.gdexp-probe"

@@ -53,6 +53,11 @@ class GdexpSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from hydra.errors import CompactHydraException
+
         from hydra_plugins.gdexp_plugins._sweeper_core import sweep
 
-        return sweep(self, arguments)
+        try:
+            return sweep(self, arguments)
+        except CompactHydraException as error:  # gdexp's one-line refusals, without a footer
+            raise SystemExit(str(error)) from None
