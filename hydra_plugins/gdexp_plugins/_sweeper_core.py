@@ -117,15 +117,31 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
             f"({str(error).strip().splitlines()[0][:200]}). Run the same command again once it "
             "is back: finished runs are kept, the rest run again."
         ) from error
-    compare = tracker.compare_address([run.info.run_id for run in tally.runs])
+    shown, which = curve_runs(tally.runs)
     log.info(
-        "Sweep done:\n%s\n%s\nLoss curves of its runs: %s",
-        outcome_table(tally), tracker.ui_hint(), compare,
+        "Sweep done:\n%s\n%s\nLoss curves of %s: %s",
+        outcome_table(tally), tracker.ui_hint(), which, tracker.compare_address(shown),
     )  # fmt: skip
     failed = [r for batch in returns for r in batch if r.status != JobStatus.COMPLETED]
     if failed:
         raise SweepFailed(_failure_report(failed, len(todo)))
     return returns
+
+
+# More runs than this on one chart are a tangle (and an address of kilobytes): then one run
+# per method and step size, the lowest seed.
+MAX_CURVES = 24
+
+
+def curve_runs(runs: Sequence[Any]) -> tuple[list[str], str]:
+    """The runs whose loss curves the closing address shows, and how to say which they are."""
+    if len(runs) <= MAX_CURVES:
+        return [run.info.run_id for run in runs], "its runs"
+    first: dict[tuple[str, str], Any] = {}
+    for run in sorted(runs, key=lambda r: int(r.data.params.get("seed", 0))):
+        key = (run.data.params.get("method.name", ""), run.data.params.get("step_size", ""))
+        first.setdefault(key, run)
+    return [run.info.run_id for run in first.values()], "one run per method and step size"
 
 
 def _launch(sweeper: Any, jobs: list[Sequence[str]]) -> list[Sequence[JobReturn]]:
