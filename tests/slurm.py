@@ -22,12 +22,14 @@ cancelled or timed-out task is SIGKILLed 5 s after its SIGTERM.
 The fixture is ready when the node is idle and sacct answers (~4 s). At exit every job is
 cancelled, the daemons are stopped by the pids the fixture recorded (SIGTERM, then SIGKILL),
 and any process still carrying this cluster's SLURM_CONF in its environment (a job that outlived
-its slurmd) is killed; the folder is deleted.
+its slurmd) is killed; the folder is deleted. Should the test process die without its teardown
+(killed by `timeout`), the daemons get SIGTERM from the kernel (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import secrets
@@ -312,10 +314,23 @@ def lines(*entries: str) -> str:
     return "\n".join([*entries, ""])
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A Popen preexec_fn: the child gets `sig` when the process that started it dies, e.g. a
+    pytest killed by `timeout`, which runs no fixture teardown (Linux's PR_SET_PDEATHSIG)."""
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+    return arm
+
+
 def _start(
     name: str, command: Sequence[str], log: Path, env: dict[str, str], **popen: Any
 ) -> Daemon:
-    """A daemon in the foreground, its stdout and stderr to <log>.out."""
+    """A daemon in the foreground, its stdout and stderr to <log>.out; it gets SIGTERM if the
+    test process dies without stopping it."""
     with log.with_suffix(".out").open("w") as stream:
         process = subprocess.Popen(
             command,
@@ -324,6 +339,7 @@ def _start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # after Popen's user/group switch: it survives that
             **popen,
         )
     return Daemon(name, process, log)

@@ -30,7 +30,7 @@ import pytest
 from conftest import clean_env
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer, Postgres, mlflow_server, postgres
-from slurm import SlurmCluster, slurm_cluster
+from slurm import SlurmCluster, die_with_parent, slurm_cluster
 
 __all__ = ["mlflow_server", "postgres", "slurm_cluster"]  # the session fixtures used here
 
@@ -100,6 +100,7 @@ class Sweeps:
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, as in a terminal: Ctrl-C
+                preexec_fn=die_with_parent(signal.SIGINT),  # Ctrl-C if the tests die first
             )
         launch = Launch(process, out, err)
         self.launches.append(launch)
@@ -305,6 +306,7 @@ def test_the_cluster_runs_an_array_job_to_its_end(slurm_cluster: SlurmCluster, t
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=die_with_parent(),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     job = re.search(r"Submitted batch job (\d+)", done.stdout).group(1)
