@@ -6,16 +6,18 @@ python benchmarks/slurm.py [--seeds 10] [--runs-per-task 100]
 The cluster is the test suite's one-node cluster (tests/slurm.py: munged, slurmdbd on MariaDB,
 slurmctld, slurmd on this machine, all its CPUs), started for the benchmark and stopped after.
 Each variant logs to its own SQLite store in a temp folder and is checked to have logged every
-run. Reported per variant: array tasks started (from sacct), wall time of the launching command,
-and CPU time: the busy CPU-seconds of the whole machine while it ran (/proc/stat), i.e. the
-tasks, their Python start-ups, the SLURM daemons and the launching process together. Run it on
-a quiet machine: anything else running is counted too.
+run. Reported per variant: array tasks started, wall time of the launching command, and CPU
+time as the cluster charges it: the sum over the array's tasks of elapsed time × CPUs allocated
+(sacct's CPUTimeRAW), Python start-up included. Also the busy CPU-seconds of the whole machine
+while the variant ran (/proc/stat): tasks, daemons and the launching process, and anything else
+running, so run it on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,9 +62,19 @@ def run(cluster, launcher: list[str], grid: list[str], runs: int) -> dict[str, f
         ]
         if len(logged) != runs:
             sys.exit(f"{' '.join(command)} logged {len(logged)} runs, expected {runs}")
-        # Every array task writes its own <job>_<task>_log.out.
-        tasks = sum(1 for _ in Path(folder).glob("multirun/*/*/.submitit/**/*_log.out"))
-        return {"tasks": tasks, "wall": wall, "cpu": cpu}
+        [array] = re.findall(
+            r"as (?:\d+ array tasks of up to \d+ runs \(job (\d+)\)|array job (\d+))",
+            done.stdout + done.stderr,
+        )
+        array = next(a for a in array if a)
+        charged = cluster.run("sacct", "-j", array, "-X", "-n", "-P", "--format=JobID,CPUTimeRAW")
+        rows = [line.split("|") for line in charged.splitlines() if line.strip()]
+        return {
+            "tasks": len(rows),
+            "wall": wall,
+            "charged": sum(int(seconds) for _, seconds in rows),
+            "machine": cpu,
+        }
 
 
 def main() -> None:
@@ -87,12 +99,15 @@ def main() -> None:
             print(f"  {name} ...", file=sys.stderr, flush=True)
             results[name] = run(cluster, launcher, grid, runs)
     per_job = results[next(iter(variants))]
-    print(f"| {runs}-config grid on SLURM | array tasks | wall s | CPU s | CPU vs per job |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"| {runs}-config grid on SLURM | array tasks | wall s | CPU s charged "
+        "| machine CPU s | charged CPU vs per job |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, got in results.items():
         print(
-            f"| {name} | {got['tasks']} | {got['wall']:.1f} | {got['cpu']:.1f} "
-            f"| {per_job['cpu'] / got['cpu']:.1f}× less |"
+            f"| {name} | {got['tasks']} | {got['wall']:.1f} | {got['charged']:.0f} "
+            f"| {got['machine']:.0f} | {per_job['charged'] / got['charged']:.1f}× less |"
         )
 
 
