@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from mlflow.entities import Metric
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The files whose content determines a run's numbers. gdexp/analysis only reads runs back.
+# The files whose content determines a run's numbers. gdexp/analysis only reads runs back, and
+# conf/hydra/ says where runs are launched (cluster presets), not what they compute.
 CODE_FILES = ("gdexp/**/*.py", "conf/**/*.yaml", "hydra_plugins/gdexp_plugins/**/*.py")
-CODE_EXCLUDED = ("gdexp/analysis/",)
+CODE_EXCLUDED = ("gdexp/analysis/", "conf/hydra/")
 # Settings that say where and how a run is tracked or reported, not what it computes.
 NOT_IDENTITY = ("uri", "experiment", "enabled", "resume", "retry_seconds")
 

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+# The session's servers and cluster, shared by every test module (one of each per session).
+from servers import mlflow_server, postgres  # noqa: F401
+from slurm import slurm_cluster  # noqa: F401
+
 from hydra_plugins.gdexp_plugins._common import GdexpConfigsOnly
 
 REPO = Path(__file__).resolve().parents[1]

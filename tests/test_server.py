@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from servers import MlflowServer, Postgres, mlflow_server, postgres
+from servers import MlflowServer, Postgres
 from test_launchers import EPOCHS, check_sweep, gdexp
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["mlflow_server", "postgres"]  # the session fixtures these tests use
 
 # Metric points per run, by key, as the store must hold them.
 PER_EPOCH = ("loss", "w", "b")

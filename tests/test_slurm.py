@@ -29,10 +29,8 @@ from pathlib import Path
 import pytest
 from conftest import clean_env
 from mlflow.tracking import MlflowClient
-from servers import MlflowServer, Postgres, mlflow_server, postgres
-from slurm import SlurmCluster, die_with_parent, slurm_cluster
-
-__all__ = ["mlflow_server", "postgres", "slurm_cluster"]  # the session fixtures used here
+from servers import MlflowServer, Postgres
+from slurm import SlurmCluster, die_with_parent
 
 PARENT_TAG = "mlflow.parentRunId"
 EPOCHS = 20  # gdexp's default

@@ -11,10 +11,8 @@ import time
 
 import pytest
 from conftest import Store, clean_env
-from slurm import SlurmCluster, slurm_cluster
+from slurm import SlurmCluster
 from test_batched import GRID, assert_same_runs
-
-__all__ = ["slurm_cluster"]  # the session fixture used here
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, clean_env
-from servers import mlflow_server, postgres
-
-__all__ = ["mlflow_server", "postgres"]  # session fixtures used below
 
 
 def statuses(store) -> Counter:
