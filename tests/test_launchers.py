@@ -220,7 +220,8 @@ def test_slurm_preset_asks_for_small_jobs_that_inherit_the_sweep_environment(tmp
     from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
 
     launcher = composed_launcher("slurm", tmp_path, "hydra.launcher.partition=cpu")
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    # hydra-submitit-launcher's settings, submitted and waited for by gdexp's launcher.
+    assert launcher["_target_"].endswith("slurm_launcher.GdexpSlurmLauncher")
     # What the launcher hands submitit, renamed as submitit does, rendered as sbatch would get it
     # for a 100-job array.
     generic = SlurmExecutor._equivalence_dict()
@@ -242,8 +243,8 @@ def test_slurm_preset_asks_for_small_jobs_that_inherit_the_sweep_environment(tmp
         "#SBATCH --time=10",
         "#SBATCH --partition=cpu",
         f"#SBATCH --array=0-99%{launcher['array_parallelism']}",
-        # The sweeper hands each job its parent run and store in GDEXP_SWEEP_* variables of
-        # the launching process: the jobs must get that environment.
+        # A tracking server's credentials (MLFLOW_TRACKING_USERNAME/_PASSWORD) in the launching
+        # shell must reach the jobs.
         "#SBATCH --export=ALL",
     } <= flags
     assert launcher["array_parallelism"] < 100
