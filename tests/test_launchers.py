@@ -107,6 +107,7 @@ def test_joblib_sweep_on_a_new_store_logs_every_run_under_its_parent(tmp_path):
     done = gdexp(
         "-m",
         "hydra/launcher=joblib",
+        "hydra.verbose=true",
         "hydra.launcher.n_jobs=2",
         "method=bgd,sgd,minibatch",
         "step_size=0.01,0.1",
@@ -122,7 +123,7 @@ def test_joblib_sweep_on_a_new_store_logs_every_run_under_its_parent(tmp_path):
 @pytest.mark.slow
 def test_joblib_runs_a_small_grid_in_parallel(tmp_path):
     done = gdexp(
-        *("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+        *("-m", "hydra/launcher=joblib", "hydra.verbose=true", "hydra.launcher.n_jobs=2"),
         *("method=bgd,sgd", "seed=0,1", "tracking.log_step_loss=false"),
         cwd=tmp_path,
     )

@@ -86,7 +86,7 @@ def test_joblib_sweep_through_the_server_loses_no_run_and_no_point(
     # 2,000 step losses each.
     experiment = "server-joblib"
     done = gdexp(
-        *("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+        *("-m", "hydra/launcher=joblib", "hydra.verbose=true", "hydra.launcher.n_jobs=2"),
         *("method=bgd,sgd", "step_size=0.01,0.1", "seed=0,1,2"),
         f"tracking.uri={mlflow_server.url}",
         f"tracking.experiment={experiment}",
@@ -135,7 +135,11 @@ def test_two_sweeps_started_together_on_a_new_postgres_database(postgres, tmp_pa
     from conftest import clean_env
 
     uri = postgres.create_database("fresh_for_two")
-    grids = (("seed=0,1,2", "method=bgd"), ("seed=0,1,2", "method=sgd"))
+    # Their own sweep folders: started in the same second, they would share Hydra's default.
+    grids = (
+        ("seed=0,1,2", "method=bgd", "hydra.sweep.dir=multirun/bgd"),
+        ("seed=0,1,2", "method=sgd", "hydra.sweep.dir=multirun/sgd"),
+    )
     sweeps = [
         subprocess.Popen(
             [sys.executable, "-m", "gdexp", "-m", *grid, f"tracking.uri={uri}"],

@@ -241,9 +241,19 @@ def test_same_config_bit_identical_with_every_launcher(gdexp_cli, tmp_path_facto
 
 @pytest.mark.slow
 def test_two_sweeps_at_once_keep_their_runs_apart(store):
-    first = start_sweep(store.folder, "seed=range(0,8)", "epochs=3", "tracking.log_step_loss=false")
+    first = start_sweep(
+        store.folder,
+        "seed=range(0,8)",
+        "epochs=3",
+        "tracking.log_step_loss=false",
+        "hydra.sweep.dir=multirun/first",
+    )
     second = start_sweep(
-        store.folder, "seed=range(100,106)", "epochs=3", "tracking.log_step_loss=false"
+        store.folder,
+        "seed=range(100,106)",
+        "epochs=3",
+        "tracking.log_step_loss=false",
+        "hydra.sweep.dir=multirun/second",
     )
     outputs = [sweep.communicate(timeout=300)[0] for sweep in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
@@ -306,6 +316,7 @@ def test_a_server_that_goes_away_fails_runs_cleanly_and_resume_completes(tmp_pat
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     grid = ("method=sgd", "seed=range(0,5)", "epochs=150", f"tracking.uri={uri}",
+            "hydra.verbose=gdexp.epochs",
             "tracking.retry_seconds=3", "tracking.log_step_loss=false")  # fmt: skip
     with server_on(tmp_path / "server", port) as server:
         sweep = start_sweep(tmp_path, *grid)
@@ -337,6 +348,7 @@ def test_jobs_wait_out_a_short_server_restart(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     grid = ("method=sgd", "seed=range(0,4)", "epochs=150", f"tracking.uri={uri}",
+            "hydra.verbose=gdexp.epochs",
             "tracking.retry_seconds=60", "tracking.log_step_loss=false")  # fmt: skip
     with server_on(tmp_path / "server", port) as server:
         sweep = start_sweep(tmp_path, *grid)
