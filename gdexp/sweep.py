@@ -28,7 +28,7 @@ from mlflow.entities import Run
 
 from gdexp import names, record
 from gdexp.outcome import OUTCOMES
-from gdexp.store import Destination, SweepManifest, Tracker, first_line
+from gdexp.store import SweepManifest, Tracker, first_line
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,6 @@ class Sweep:
     def todo(self, config_hashes: Sequence[str]) -> list[int]:
         """Indices of the configs still to run: those an earlier attempt did not finish."""
         return [i for i, h in enumerate(config_hashes) if h not in self.done]
-
-    def destination(self) -> Destination:
-        return Destination(self.tracker, self.parent_run_id)
 
     def close(self, interrupted: bool = False, objective: str = "final_loss") -> Tally:
         """Count the children, mark what an interruption cut short, record the tally and the
