@@ -336,7 +336,7 @@ def test_a_server_that_goes_away_fails_runs_cleanly_and_resume_completes(tmp_pat
         resumed = start_sweep(tmp_path, *grid)
         output, _ = resumed.communicate(timeout=300)
         assert resumed.returncode == 0, output
-        assert "Resuming: 2 of 5 runs already FINISHED" in output
+        assert "Sweep of 5 runs; resuming: 2 already FINISHED" in output
         seeds = sorted(int(r.data.params["seed"]) for r in finished_children(uri))
         assert seeds == [0, 1, 2, 3, 4]
 
@@ -358,7 +358,7 @@ def test_jobs_wait_out_a_short_server_restart(tmp_path):
         output, _ = sweep.communicate(timeout=300)
         assert sweep.returncode == 0, output
         assert len(finished_children(uri)) == 4
-        assert "Resuming" not in output
+        assert "resuming" not in output
 
 
 @pytest.mark.slow

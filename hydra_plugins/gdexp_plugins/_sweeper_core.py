@@ -109,20 +109,21 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     except BaseException:  # interrupted: no run of this sweep may stay RUNNING
         tracked.close_interrupted()
         raise
+    failed = [r for batch in returns for r in batch if r.status != JobStatus.COMPLETED]
     try:
         tally = tracked.close(objective=first.objective)
-    except Exception as error:
+    except Exception as error:  # the store went away: say what failed, and how to finish
+        report = _failure_report(failed, len(todo)) + "\n" if failed else ""
         raise SweepFailed(
-            "The end of the sweep could not be recorded: the MLflow store stopped answering "
-            f"({str(error).strip().splitlines()[0][:200]}). Run the same command again once it "
-            "is back: finished runs are kept, the rest run again."
+            f"{report}The end of the sweep could not be recorded: the MLflow store stopped "
+            f"answering ({_first(error)[:200]}). Run the same command again once it is back: "
+            "finished runs are kept, the rest run again."
         ) from error
     shown, which = curve_runs(tally.runs)
     log.info(
         "Sweep done:\n%s\n%s\nLoss curves of %s: %s",
         outcome_table(tally), tracker.ui_hint(), which, tracker.compare_address(shown),
     )  # fmt: skip
-    failed = [r for batch in returns for r in batch if r.status != JobStatus.COMPLETED]
     if failed:
         raise SweepFailed(_failure_report(failed, len(todo)))
     return returns
