@@ -14,8 +14,10 @@ callback in `hydra_plugins.gdexp_plugins.multirun_callback`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import math
 import time
 from collections import Counter
@@ -39,6 +41,27 @@ _open_sweeps: list[Sweep] = []
 
 class CodeChanged(CompactHydraException):
     """An interrupted sweep would be resumed with other code than it started with."""
+
+
+class FolderBusy(CompactHydraException):
+    """Another sweep is running in this sweep's output folder."""
+
+
+def claim_folder(folder: Path) -> int:
+    """Hold the sweep folder for this process (released when it closes the sweep or exits,
+    however it exits): two sweeps in one folder would share its manifest and mix their runs.
+    Hydra names sweep folders by the second, so two sweeps started in the same second collide."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / names.SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderBusy(
+            f"Another sweep is running in {folder}; give this one its own folder with "
+            "hydra.sweep.dir=... (Hydra's default names folders by the second)."
+        ) from None
+    return fd
 
 
 def grid_hash(config_hashes: Sequence[str]) -> str:
@@ -84,6 +107,7 @@ class Sweep:
         n_runs: int | None,
         done: Mapping[str, Run],
         retry_seconds: float,
+        folder_claim: int | None = None,
     ) -> None:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
@@ -93,6 +117,7 @@ class Sweep:
         self.done = dict(done)  # FINISHED runs of an earlier attempt, by config hash
         self.manifest = SweepManifest(tracker.uri, tracker.experiment, parent_run_id, retry_seconds)
         self.closed = False
+        self.folder_claim = folder_claim
         self.opened_at = int(time.time() * 1000)  # ms, as MLflow's run start times
 
     @classmethod
@@ -109,6 +134,26 @@ class Sweep:
     ) -> Sweep:
         """Create the sweep's parent run, or reopen the one of an earlier attempt at the same
         grid of configs (`config_hashes`; None for a sweeper that picks configs as it goes)."""
+        claim = claim_folder(folder)
+        try:
+            return cls._open(tracker, folder, claim, grid, sweeper, config_hashes, resume,
+                             retry_seconds)  # fmt: skip
+        except BaseException:
+            os.close(claim)
+            raise
+
+    @classmethod
+    def _open(
+        cls,
+        tracker: Tracker,
+        folder: Path,
+        claim: int,
+        grid: Mapping[str, str],
+        sweeper: str,
+        config_hashes: Sequence[str] | None,
+        resume: bool,
+        retry_seconds: float,
+    ) -> Sweep:
         code = record.code_fingerprint()
         identity = grid_hash(config_hashes) if config_hashes is not None else None
         parent, done = None, {}
@@ -144,7 +189,7 @@ class Sweep:
                 tags[names.N_RUNS_TAG] = str(n_runs)
             size = f" ({n_runs} runs)" if n_runs is not None else ""
             parent = tracker.start_run(f"sweep {folder.name}{size}", tags=tags)
-        sweep = cls(tracker, parent, folder, grid, n_runs, done, retry_seconds)
+        sweep = cls(tracker, parent, folder, grid, n_runs, done, retry_seconds, claim)
         sweep.manifest.write(folder)
         _open_sweeps.append(sweep)
         return sweep
@@ -157,6 +202,17 @@ class Sweep:
         """Count the children, mark what an interruption cut short, record the tally and the
         best run on the parent, and close it: KILLED if interrupted, FAILED if a run failed or
         was killed, else FINISHED."""
+        try:
+            return self._close(interrupted, objective)
+        finally:
+            self.release_folder()
+
+    def release_folder(self) -> None:
+        if self.folder_claim is not None:
+            os.close(self.folder_claim)  # closing the descriptor releases its flock
+            self.folder_claim = None
+
+    def _close(self, interrupted: bool, objective: str) -> Tally:
         tracker = self.tracker
         children = tracker.children(self.parent_run_id)
         # A child still RUNNING when its sweep has stopped will not finish.

@@ -271,6 +271,31 @@ def test_two_sweeps_at_once_keep_their_runs_apart(store):
         assert len(seeds) == int(parent.data.tags["n_runs"])
 
 
+def test_a_second_sweep_in_a_running_sweeps_folder_is_refused_before_any_run(store):
+    # Hydra names sweep folders by the second: two sweeps started in the same second share one.
+    shared = "hydra.sweep.dir=multirun/shared"
+    first = start_sweep(store.folder, *SLOW_GRID, shared)
+    wait_for(first, "epoch 100")  # the first sweep holds the folder, a run in flight
+    second = subprocess.run(
+        [sys.executable, "-m", "gdexp", "-m", "seed=100,101", "epochs=3", shared],
+        cwd=store.folder, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert second.returncode == 1
+    assert "Another sweep is running in" in second.stderr
+    assert "hydra.sweep.dir=" in second.stderr and "Traceback" not in second.stderr
+    seeds = {r.data.params.get("seed") for r in store.runs()}
+    assert not seeds & {"100", "101"}  # the refused sweep created no run
+    assert len([r for r in store.runs() if r.data.tags.get("gdexp.kind") == "sweep"]) == 1
+    # Once the first sweep has ended, the folder is free again.
+    again = subprocess.run(
+        [sys.executable, "-m", "gdexp", "-m", "seed=100,101", "epochs=3", shared],
+        cwd=store.folder, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_a_500_run_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
     from gdexp.analysis import load_histories, load_runs
