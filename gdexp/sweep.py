@@ -17,8 +17,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
