@@ -86,14 +86,20 @@ def run_experiment(
         return summary
 
     tracker = destination.tracker
+    params, config_metrics = record.config_record(cfg)
     with tracker.run(name, destination.parent_run_id, record.run_tags(cfg, overrides)) as run_id:
-        params, metrics = record.config_record(cfg)
-        tracker.log(run_id, params=params, metrics=metrics)
+        # Written first: a run killed mid-training still shows what it was.
         tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
-        trajectory = train(cfg, data, EpochLines(cfg, epoch_level))
-        summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
+        try:
+            trajectory = train(cfg, data, EpochLines(cfg, epoch_level))
+            summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
+        except BaseException:  # failed or interrupted: the run still shows its config
+            with contextlib.suppress(Exception):
+                tracker.log(run_id, params=params, metrics=config_metrics)
+            raise
         metrics, tags = record.result_record(cfg, trajectory, summary)
-        tracker.log(run_id, metrics=metrics, tags=tags)
+        # What the run is and what it did, in as few calls as MLflow's limits allow.
+        tracker.log(run_id, params=params, metrics=config_metrics + metrics, tags=tags)
     log.info(result_line(name, summary))
     return summary
 
@@ -136,9 +142,14 @@ def run_grid(
                 )
             except Exception as error:  # the whole group failed; each of its runs says so
                 trajectories = [error] * len(chunk)
-            except BaseException:  # interrupted: this group's runs end KILLED
+            except BaseException:  # interrupted: this group's runs end KILLED, with their config
                 if destination is not None:
-                    for run_id in run_ids:
+                    from gdexp import record
+
+                    for index, run_id in zip(chunk, run_ids, strict=True):
+                        params, metrics = record.config_record(cfgs[index])
+                        with contextlib.suppress(Exception):
+                            destination.tracker.log(run_id, params=params, metrics=metrics)
                         with contextlib.suppress(Exception):
                             destination.tracker.end_run(run_id, "KILLED")
                 raise

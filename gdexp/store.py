@@ -355,6 +355,7 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+        self._artifact_uris.pop(run_id, None)
 
     def search(self, filter_string: str) -> list[Run]:
         """Every run of the experiment that matches, all pages."""
@@ -492,5 +493,16 @@ class SweepManifest:
         """The job's store and parent run. A job of a running sweep waits out a restart of
         the tracking server, up to the sweep's retry budget."""
         configure_retries(self.retry_seconds)
-        tracker = Tracker(self.tracking_uri, self.experiment, wait_for_server=self.retry_seconds)
+        key = (self.tracking_uri, self.experiment)
+        tracker = _job_trackers.get(key)
+        if tracker is None:
+            tracker = Tracker(*key, wait_for_server=self.retry_seconds)
+            _job_trackers[key] = tracker
+        else:  # the store is opened once a process; that it still answers is checked each job
+            preflight(self.tracking_uri, self.retry_seconds)
         return Destination(tracker, self.parent_run_id)
+
+
+# Jobs that share a process (Hydra's basic launcher, joblib's reused workers) share one client:
+# the store is opened and the experiment found once, not once a run.
+_job_trackers: dict[tuple[str, str], Tracker] = {}

@@ -42,6 +42,35 @@ def test_a_1000_step_sgd_run_logs_its_history_in_a_handful_of_calls(store, clien
     assert len(history) == 1000  # all of it arrived
 
 
+def test_a_run_is_three_calls_to_the_store(store, client_calls):
+    # Created with its tags; config and results in one batch; ended. config.yaml goes straight
+    # to the local artifact folder.
+    tracker = Tracker(store.uri, "gdexp")
+    client_calls.clear()
+    summary = run_experiment(
+        OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd"))),
+        destination=Destination(tracker),
+    )
+    assert client_calls == Counter(create_run=1, log_batch=1, set_terminated=1)
+    run = store.client.get_run(summary.run_id)
+    assert run.data.params["step_size"] == "0.1" and "final_loss" in run.data.metrics
+    assert "config.yaml" in [a.path for a in store.client.list_artifacts(summary.run_id)]
+
+
+def test_a_run_that_fails_in_training_still_shows_its_config(store, monkeypatch):
+    import gdexp.run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the update rule")
+
+    monkeypatch.setattr(gdexp.run, "train", broken)
+    with pytest.raises(RuntimeError):
+        run_experiment(OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd"))), destination=Destination(
+            Tracker(store.uri, "gdexp")))  # fmt: skip
+    [run] = store.runs()
+    assert run.info.status == "FAILED" and run.data.params["step_size"] == "0.1"
+
+
 def test_non_finite_values_are_left_out_not_clamped():
     metrics = finite_metrics("loss", [1.0, math.inf, -math.inf, math.nan, 2.0])
     assert [(m.step, m.value) for m in metrics] == [(0, 1.0), (4, 2.0)]
