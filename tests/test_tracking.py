@@ -64,9 +64,9 @@ def test_a_run_that_fails_in_training_still_shows_its_config(store, monkeypatch)
         raise RuntimeError("a bug in the update rule")
 
     monkeypatch.setattr(gdexp.run, "train", broken)
+    cfg = OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd")))
     with pytest.raises(RuntimeError):
-        run_experiment(OmegaConf.structured(RunConfig(method=MethodConfig(name="bgd"))), destination=Destination(
-            Tracker(store.uri, "gdexp")))  # fmt: skip
+        run_experiment(cfg, destination=Destination(Tracker(store.uri, "gdexp")))
     [run] = store.runs()
     assert run.info.status == "FAILED" and run.data.params["step_size"] == "0.1"
 
@@ -111,3 +111,13 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_folder(
     assert not (elsewhere / "mlruns").exists()
     [listed] = store.client.list_artifacts(summary.run_id)
     assert listed.path == "config.yaml"
+
+
+@pytest.mark.parametrize("method", [("bgd", None), ("sgd", 1), ("minibatch", 10)])
+def test_the_config_artifact_is_omegaconfs_own_yaml(method):
+    from gdexp.record import config_yaml
+
+    cfg = OmegaConf.structured(
+        RunConfig(method=MethodConfig(name=method[0], batch_size=method[1]), dtype="float64")
+    )
+    assert config_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)

@@ -18,11 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def launch(
-    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    configs: Sequence[DictConfig] | None = None,
 ) -> Sequence[JobReturn]:
+    """`configs`: the jobs' configs, when gdexp's sweeper has composed them already."""
     config = launcher.config
     require_gdexp_app(config, "hydra/launcher=batched")
-    configs = compose_jobs(launcher, job_overrides)
+    if configs is None:
+        configs = compose_jobs(launcher, job_overrides)
 
     from gdexp.run import objective_value, run_grid  # torch: only once this launcher runs
 

@@ -29,6 +29,7 @@ class JobConfigs:
         self._parser = OverridesParser.create(config_loader=config_loader)
         self._parsed: dict[str, Override] = {}
         self._bases: dict[tuple[str, ...], DictConfig] = {}
+        self._group_choices: dict[str, bool] = {}
 
     def _parse(self, line: str) -> Override:
         if line not in self._parsed:
@@ -37,9 +38,12 @@ class JobConfigs:
 
     def _is_group_choice(self, override: Override) -> bool:
         # The same split as Hydra's defaults list (hydra._internal.defaults_list.Overrides).
-        return not isinstance(override.value(), dict) and self._loader.repository.group_exists(
-            override.key_or_group
-        )
+        line = override.input_line
+        if line not in self._group_choices:
+            self._group_choices[line] = not isinstance(
+                override.value(), dict
+            ) and self._loader.repository.group_exists(override.key_or_group)
+        return self._group_choices[line]
 
     def _base(self, group_choices: tuple[str, ...]) -> DictConfig:
         if group_choices not in self._bases:

@@ -41,11 +41,16 @@ def executor(settings: dict[str, Any]) -> Any:
 
 
 def launch(
-    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    configs: Sequence[Any] | None = None,
 ) -> Sequence[JobReturn]:
+    """`configs`: the jobs' configs, when gdexp's sweeper has composed them already."""
     config = launcher.config
     require_gdexp_app(config, "hydra/launcher=slurm_batched")
-    configs = compose_jobs(launcher, job_overrides)
+    if configs is None:
+        configs = compose_jobs(launcher, job_overrides)
     settings = launcher.settings
     if settings["runs_per_task"] < 1:
         from gdexp.config import ConfigError

@@ -68,7 +68,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
     if not first.tracking.enabled:
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
-        return _launch(sweeper, jobs)
+        return _launch(sweeper, jobs, configs)
     # A store that cannot be used is refused before MLflow and torch load.
     preflight(resolve_tracking_uri(first.tracking.uri, launch_dir))
 
@@ -98,7 +98,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         len(jobs), resumed, tracked.parent_run_id, tracker.uri,
     )  # fmt: skip
     try:
-        returns = _launch(sweeper, [jobs[i] for i in todo])
+        returns = _launch(sweeper, [jobs[i] for i in todo], [configs[i] for i in todo])
     except Exception as error:  # the launcher itself failed: close the sweep with what it has
         with contextlib.suppress(Exception):
             tracked.close(objective=first.objective)
@@ -145,9 +145,12 @@ def curve_runs(runs: Sequence[Any]) -> tuple[list[str], str]:
     return [run.info.run_id for run in first.values()], "one run per method and step size"
 
 
-def _launch(sweeper: Any, jobs: list[Sequence[str]]) -> list[Sequence[JobReturn]]:
+def _launch(
+    sweeper: Any, jobs: list[Sequence[str]], configs: list[DictConfig]
+) -> list[Sequence[JobReturn]]:
     """Run the jobs in batches of max_batch_size (all at once by default); on a launcher that
-    runs them in this process, in slices with progress between them."""
+    runs them in this process, in slices with progress between them. gdexp's batched launchers
+    take the configs composed here, instead of composing them again."""
     batch_size = sweeper.max_batch_size or max(len(jobs), 1)
     sliced = type(sweeper.launcher).__name__ in _SLICED_LAUNCHERS
     step = min(batch_size, max(1, -(-len(jobs) // 20))) if sliced else batch_size
@@ -155,7 +158,11 @@ def _launch(sweeper: Any, jobs: list[Sequence[str]]) -> list[Sequence[JobReturn]
     returns = []
     for start in range(0, len(jobs), step):
         part = jobs[start : start + step]
-        returns.append(sweeper.launcher.launch(part, initial_job_idx=start))
+        if hasattr(sweeper.launcher, "launch_composed"):
+            composed = configs[start : start + step]
+            returns.append(sweeper.launcher.launch_composed(part, composed, start))
+        else:
+            returns.append(sweeper.launcher.launch(part, initial_job_idx=start))
         progress(start + len(part))
     return returns
 

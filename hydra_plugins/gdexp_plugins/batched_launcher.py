@@ -46,3 +46,14 @@ class BatchedLauncher(Launcher):
         from hydra_plugins.gdexp_plugins._batched_core import launch
 
         return launch(self, job_overrides, initial_job_idx)
+
+    def launch_composed(
+        self,
+        job_overrides: Sequence[Sequence[str]],
+        configs: Sequence[DictConfig],
+        initial_job_idx: int,
+    ) -> Sequence[JobReturn]:
+        """`launch`, given the jobs' configs as gdexp's sweeper composed and validated them."""
+        from hydra_plugins.gdexp_plugins._batched_core import launch
+
+        return launch(self, job_overrides, initial_job_idx, configs)
