@@ -149,6 +149,20 @@ def _postgres_lock(uri: str) -> Iterator[None]:
         connection.close()  # the session ends, and its advisory lock with it
 
 
+def use_write_ahead_log(path: Path) -> None:
+    """Put a SQLite store in WAL journal mode (persistent, in the file): each of MLflow's commits
+    costs about a third less, and readers (the MLflow UI, analysis) no longer block a sweep's
+    writes. Like any SQLite file, the store must then live on a local disk."""
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error):  # busy or unusable: MLflow's default mode stays
+        connection = sqlite3.connect(path, timeout=20)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 # A new store's schema takes about 1 MB: a folder that cannot take that much fails here, in one
 # line, instead of half-way through MLflow's migration.
@@ -278,6 +292,9 @@ class Tracker:
 
         try:
             with _setup_lock(uri):
+                database = sqlite_path(uri)
+                if database is not None:
+                    use_write_ahead_log(database)
                 self.client = client or MlflowClient(tracking_uri=uri)
                 self.experiment_id = self._ensure_experiment(experiment)
         except Exception as error:

@@ -121,3 +121,12 @@ def test_the_config_artifact_is_omegaconfs_own_yaml(method):
         RunConfig(method=MethodConfig(name=method[0], batch_size=method[1]), dtype="float64")
     )
     assert config_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def test_a_sqlite_store_is_put_in_write_ahead_log_mode(store):
+    import sqlite3
+
+    Tracker(store.uri, "gdexp")  # a new store
+    with sqlite3.connect(store.folder / "mlflow.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store.client.get_experiment_by_name("gdexp") is not None  # MLflow reads it as ever
