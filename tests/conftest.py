@@ -88,3 +88,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
         message = str(error)
         assert "\n" not in message and "runs gdexp's configs only" in message, message
         outcome.force_exception(pytest.xfail.Exception(f"refused by design: {message}"))
+
+
+# The session's services: one worker runs every test that needs them, so pytest-xdist starts
+# one PostgreSQL cluster, one tracking server and one SLURM cluster, not one per worker.
+SESSION_SERVICES = {"postgres", "mlflow_server", "slurm_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SESSION_SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("services"))
