@@ -316,6 +316,37 @@ def test_the_cluster_runs_an_array_job_to_its_end(slurm_cluster: SlurmCluster, t
     assert slurm_cluster.squeue() == []
 
 
+def test_waiting_for_an_array_ends_when_slurm_lists_none_of_its_tasks(
+    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A task hands its result back (the file submitit reads) before it exits; here each task
+    # lingers 6 s after that, as a slow exit or epilog would. Had the launcher stopped waiting
+    # at the results, it would close the sweep with tasks still running.
+    import submitit
+
+    from hydra_plugins.gdexp_plugins._submitit import collect
+
+    def hand_back_then_linger(value: int) -> int:
+        import atexit
+        import time
+
+        atexit.register(time.sleep, 6)
+        return value
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
+    executor.update_parameters(
+        slurm_partition=slurm_cluster.partition, slurm_mem="256M", timeout_min=2
+    )
+    jobs = executor.map_array(hand_back_then_linger, [1, 2])
+    results: dict[int, int] = {}
+    collect(jobs, results.__setitem__, lambda index, error: pytest.fail(str(error)))
+    assert results == {0: 1, 1: 2}
+    assert slurm_cluster.squeue() == []
+
+
 # --- sweeps -------------------------------------------------------------------------------------
 
 GRID_ARGS = ("method=bgd,sgd", "seed=0,1")

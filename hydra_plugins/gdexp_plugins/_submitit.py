@@ -1,7 +1,9 @@
 """What gdexp's cluster launchers share: waiting for every task of an array (a task that ends
-without a result fails its runs, the others are still waited for), and cancelling the array."""
+without a result fails its runs, the others are still waited for) until the cluster no longer
+lists any of them, and cancelling the array."""
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +38,7 @@ def collect(
                 )
                 continue
             on_result(index, result)
+        wait_until_ended(jobs)
     except KeyboardInterrupt:
         cancel(jobs)
         log.error("Interrupted: cancelled array job %s", array_id(jobs))
@@ -47,9 +50,33 @@ def cancel(jobs: Sequence[Any], wait_seconds: float = 60.0) -> None:
     the sweep stopped may still create its runs, which the sweep must then see to close them."""
     for job in jobs:
         job.cancel(check=False)
+    wait_until_ended(jobs, wait_seconds)
+
+
+def wait_until_ended(jobs: Sequence[Any], wait_seconds: float = 60.0) -> None:
+    """Wait (bounded) until no task is listed any more. A SLURM task hands its result back (the
+    file submitit reads) a moment before it exits, and SLURM lists it as running or completing
+    until then; `squeue` asks the controller itself (`sacct` can lag behind it)."""
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        if all(job.done(force_check=True) for job in jobs):
+        if not still_listed(jobs):
             return
-        time.sleep(1.0)
-    log.error("Cancelled tasks still listed after %.0f s; check squeue", wait_seconds)
+        time.sleep(0.5)
+    log.error("Array tasks still listed after %.0f s; check squeue", wait_seconds)
+
+
+def still_listed(jobs: Sequence[Any]) -> list[str]:
+    """The tasks of `jobs` the cluster still lists as pending, running or completing."""
+    import submitit
+
+    on_slurm = {job.job_id.split("_")[0] for job in jobs if isinstance(job, submitit.SlurmJob)}
+    left = [job.job_id for job in jobs if not isinstance(job, submitit.SlurmJob) and not job.done()]
+    if on_slurm:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(on_slurm),
+             "--states=PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED,RESIZING"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        # An array that ended long ago is forgotten: squeue then fails with "Invalid job id".
+        left += listed.stdout.split() if listed.returncode == 0 else []
+    return left
