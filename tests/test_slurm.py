@@ -333,9 +333,11 @@ def test_waiting_for_an_array_ends_when_slurm_lists_none_of_its_tasks(
         atexit.register(time.sleep, 6)
         return value
 
-    for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_"))]:
+    env = launch_env(slurm_cluster)  # submitit's sbatch and the launchers' squeue read it
+    for key in set(os.environ) - set(env):
         monkeypatch.delenv(key)
-    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(
         slurm_partition=slurm_cluster.partition, slurm_mem="256M", timeout_min=2
