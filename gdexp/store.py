@@ -97,11 +97,12 @@ POSTGRES_SETUP_LOCK = 0x6764_6578_7001
 
 
 @contextlib.contextmanager
-def _setup_lock(uri: str) -> Iterator[None]:
+def setup_lock(uri: str) -> Iterator[None]:
     """Holds a lock that every gdexp process takes while it opens the store: MLflow creates and
     migrates a new database on first use, and two processes doing that at once (two sweeps
-    started together) corrupt its schema or fail on a half-made table. A SQLite store's folder
-    is locked with flock; a PostgreSQL database with an advisory lock of its own."""
+    started together, or a sweep and a reader polling its store) corrupt its schema or fail on
+    a half-made table. A SQLite store's folder is locked with flock; a PostgreSQL database with
+    an advisory lock of its own."""
     path = sqlite_path(uri)
     if path is not None:
         with _folder_lock(path.parent):
@@ -291,7 +292,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         try:
-            with _setup_lock(uri):
+            with setup_lock(uri):
                 database = sqlite_path(uri)
                 if database is not None:
                     use_write_ahead_log(database)

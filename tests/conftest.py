@@ -17,9 +17,20 @@ from mlflow.tracking import MlflowClient
 from servers import mlflow_server, postgres  # noqa: F401
 from slurm import slurm_cluster  # noqa: F401
 
+from gdexp.store import setup_lock
 from hydra_plugins.gdexp_plugins._common import GdexpConfigsOnly
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def reader(uri: str) -> MlflowClient:
+    """A client for a store that a running sweep may be creating: its first query (which
+    creates and migrates a new database) is made under gdexp's set-up lock, as gdexp's own
+    processes do, so the two never migrate one database at once."""
+    client = MlflowClient(uri)
+    with setup_lock(uri):
+        client.search_experiments(max_results=1)
+    return client
 
 
 @dataclass
@@ -29,10 +40,12 @@ class Store:
 
     @functools.cached_property
     def client(self) -> MlflowClient:
-        # Made on first use: constructing it creates the store, and gdexp must meet a fresh one.
-        return MlflowClient(self.uri)
+        # Made on first use: its first call creates the store, and gdexp must meet a fresh one.
+        return reader(self.uri)
 
     def runs(self, experiment: str = "gdexp") -> list:
+        if not Path(self.uri.removeprefix("sqlite:///")).exists():
+            return []  # gdexp has not made it yet (a client would, and gdexp must make it)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return []

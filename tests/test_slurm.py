@@ -14,6 +14,7 @@ machine); the module takes ~5 min on 2 idle cores, the cluster ~4 s of it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
+from conftest import clean_env, reader
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer, Postgres
 from slurm import SlurmCluster, die_with_parent
@@ -111,9 +112,9 @@ class Sweeps:
         assert code == 0, f"exit {code}:\n{launch.output[-6000:]}"
         return launch
 
-    @property
+    @functools.cached_property
     def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+        return reader(self.tracking_uri)  # made once the store exists: the sweep makes it
 
     def experiment_id(self) -> str | None:
         found = self.client.get_experiment_by_name(self.experiment)

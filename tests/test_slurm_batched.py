@@ -32,6 +32,26 @@ def runs_of_sweep(store: Store) -> list:
     return [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
 
 
+def wait_until_training(
+    sweep: subprocess.Popen, cluster: SlurmCluster, store: Store, runs: int, timeout: float = 180
+) -> None:
+    """Polls until `runs` of the sweep's runs are RUNNING (their tasks are training); fails
+    with the command's output (and the queue, on a timeout) if it exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while len([r for r in runs_of_sweep(store) if r.info.status == "RUNNING"]) < runs:
+        if sweep.poll() is not None:
+            output, _ = sweep.communicate()
+            pytest.fail(f"waiting for {runs} runs to train, the command exited:\n{output[-5000:]}")
+        if time.monotonic() > deadline:
+            queue = cluster.run("squeue", "--all", "--long", check=False)
+            sweep.kill()
+            output, _ = sweep.communicate()
+            pytest.fail(
+                f"{runs} runs not training after {timeout} s; queue:\n{queue}\n{output[-5000:]}"
+            )
+        time.sleep(0.5)
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind(slurm_cluster, store):
     yield
@@ -60,15 +80,7 @@ def test_a_cancelled_task_fails_its_runs_and_a_rerun_completes_the_sweep(slurm_c
     grid = ("method=sgd", "seed=0,1", "epochs=1000", "tracking.log_step_loss=false",
             "hydra.launcher.runs_per_task=1")  # fmt: skip
     sweep = chunked(slurm_cluster, store, *grid)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        running = [r for r in runs_of_sweep(store) if r.info.status == "RUNNING"]
-        if len(running) == 2:  # both tasks are training
-            break
-        time.sleep(1)
-    else:
-        sweep.kill()
-        pytest.fail("the two tasks never both started")
+    wait_until_training(sweep, slurm_cluster, store, runs=2)  # both tasks
     [task, *_] = sorted(slurm_cluster.squeue())
     slurm_cluster.run("scancel", task)
     output, _ = sweep.communicate(timeout=600)
@@ -89,10 +101,7 @@ def test_ctrl_c_cancels_the_array_and_leaves_nothing_running(slurm_cluster, stor
     grid = ("method=sgd", "seed=0,1", "epochs=1000", "tracking.log_step_loss=false",
             "hydra.launcher.runs_per_task=1")  # fmt: skip
     sweep = chunked(slurm_cluster, store, *grid)
-    deadline = time.monotonic() + 180
-    while not [r for r in runs_of_sweep(store) if r.info.status == "RUNNING"]:
-        assert time.monotonic() < deadline, "no task started"
-        time.sleep(1)
+    wait_until_training(sweep, slurm_cluster, store, runs=1)
     assert slurm_cluster.squeue()
     sweep.send_signal(signal.SIGINT)
     output, _ = sweep.communicate(timeout=120)
