@@ -154,16 +154,19 @@ def _launch(
     batch_size = sweeper.max_batch_size or max(len(jobs), 1)
     sliced = type(sweeper.launcher).__name__ in _SLICED_LAUNCHERS
     step = min(batch_size, max(1, -(-len(jobs) // 20))) if sliced else batch_size
+    # gdexp's batched launchers report progress run by run themselves; saying it again after
+    # each batch would print every line twice.
+    composed_launcher = hasattr(sweeper.launcher, "launch_composed")
     progress = Progress(len(jobs), sweeper.progress_seconds)
     returns = []
     for start in range(0, len(jobs), step):
         part = jobs[start : start + step]
-        if hasattr(sweeper.launcher, "launch_composed"):
+        if composed_launcher:
             composed = configs[start : start + step]
             returns.append(sweeper.launcher.launch_composed(part, composed, start))
         else:
             returns.append(sweeper.launcher.launch(part, initial_job_idx=start))
-        progress(start + len(part))
+            progress(start + len(part))
     return returns
 
 
