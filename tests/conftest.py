@@ -24,13 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def reader(uri: str) -> MlflowClient:
-    """A client for a store that a running sweep may be creating: its first query (which
-    creates and migrates a new database) is made under gdexp's set-up lock, as gdexp's own
-    processes do, so the two never migrate one database at once."""
-    client = MlflowClient(uri)
+    """A client for a store that a running sweep may be creating. Constructing it creates and
+    migrates a new database, so that happens under gdexp's set-up lock, as in gdexp's own
+    processes: the two never migrate one database at once."""
     with setup_lock(uri):
-        client.search_experiments(max_results=1)
-    return client
+        return MlflowClient(uri)
 
 
 @dataclass
@@ -40,7 +38,7 @@ class Store:
 
     @functools.cached_property
     def client(self) -> MlflowClient:
-        # Made on first use: its first call creates the store, and gdexp must meet a fresh one.
+        # Made on first use: it creates the store, and gdexp must meet a fresh one.
         return reader(self.uri)
 
     def runs(self, experiment: str = "gdexp") -> list:

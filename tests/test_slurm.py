@@ -504,11 +504,16 @@ def test_a_task_cancelled_with_scancel_ends_its_run_and_the_sweep_resumes(sweeps
         )
 
 
-TIMEOUT_GRID_ARGS = ("method=sgd", "epochs=20,3000", "tracking.log_step_loss=false")
+# The long run trains for ~65 s on a quiet 2-core machine (6.7 ms an epoch), longer under load:
+# past the one-minute limit however fast the machine. (At 3,000 epochs it once finished in 27 s,
+# before the limit came.)
+LONG_EPOCHS = 10_000
+LONG = f"epochs={LONG_EPOCHS}"
+TIMEOUT_GRID_ARGS = ("method=sgd", f"epochs=20,{LONG_EPOCHS}", "tracking.log_step_loss=false")
 # A one-minute limit. SLURM may send the --signal warning up to 60 s early (its timers tick
 # every 30 s); submitit asks for USR2 signal_delay_s before the limit, and with the default
 # (120 s) that is at once, maybe before Python has started. 20 s: USR2 10-40 s into the task,
-# while the long run (~45 s of training) is on.
+# while the long run is on.
 TIME_LIMIT = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=20")
 
 
@@ -519,21 +524,21 @@ def test_a_task_that_hits_its_time_limit_ends_its_run_and_the_sweep_resumes(swee
     launch = sweeps.start(*TIMEOUT_GRID_ARGS, *TIME_LIMIT)
     code = launch.wait()
     left_at_exit = cluster.squeue()
-    task = sweeps.task_of("epochs=3000")
-    check_failure_reported(launch, code, task, "epochs=3000")
+    task = sweeps.task_of(LONG)
+    check_failure_reported(launch, code, task, LONG)
     assert cluster.wait_until_empty(EMPTY_QUEUE_TIMEOUT) == []
     # Ended by the limit: submitit's USR2 handler raised in the job (the task then ends
     # COMPLETED with the error as its result), or SLURM killed it (TIMEOUT), or USR2 came
     # before Python had a handler for it (FAILED). Its run, if it had one, is closed.
     state = cluster.sacct(task.split("_")[0])[task]
     assert state in ("COMPLETED", "TIMEOUT", "FAILED"), state
-    long_runs = runs_of(sweeps, "epochs=3000")
+    long_runs = runs_of(sweeps, LONG)
     assert {r.info.status for r in long_runs} <= {"FAILED", "KILLED"}, state
 
     # The same command again, with a limit the run fits in (the preset's 10 min).
-    rerun = [o for o in ("epochs=20", "epochs=3000") if not finished(runs_of(sweeps, o))]
+    rerun = [o for o in ("epochs=20", LONG) if not finished(runs_of(sweeps, o))]
     again = sweeps.run(*TIMEOUT_GRID_ARGS)
-    check_resumed(sweeps, again, {"epochs": ["20", "3000"]}, rerun=rerun)
+    check_resumed(sweeps, again, {"epochs": ["20", str(LONG_EPOCHS)]}, rerun=rerun)
     if left_at_exit:
         raise SweepLeftTasksBehind(f"exited (code {code}) with {left_at_exit} still queued")
 

@@ -17,8 +17,13 @@ from test_batched import GRID, assert_same_runs
 pytestmark = pytest.mark.slow
 
 
+# The commands a test started; one still running when the test ends gets Ctrl-C (it cancels
+# its array), so a failed test leaves no task to hold the cluster for the next.
+LAUNCHED: list[subprocess.Popen] = []
+
+
 def chunked(cluster: SlurmCluster, store: Store, *args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen(
+    sweep = subprocess.Popen(
         [
             sys.executable, "-m", "gdexp", "-m", *args, "hydra/launcher=slurm_batched",
             f"hydra.launcher.partition={cluster.partition}", "hydra.launcher.mem_gb=1",
@@ -26,6 +31,8 @@ def chunked(cluster: SlurmCluster, store: Store, *args: str, **popen) -> subproc
         cwd=store.folder, env=clean_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )  # fmt: skip
+    LAUNCHED.append(sweep)
+    return sweep
 
 
 def runs_of_sweep(store: Store) -> list:
@@ -55,6 +62,15 @@ def wait_until_training(
 @pytest.fixture(autouse=True)
 def nothing_left_behind(slurm_cluster, store):
     yield
+    for sweep in LAUNCHED:
+        if sweep.poll() is None:
+            sweep.send_signal(signal.SIGINT)
+            try:
+                sweep.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                sweep.kill()
+                sweep.communicate()
+    LAUNCHED.clear()
     deadline = time.monotonic() + 60
     while slurm_cluster.squeue() and time.monotonic() < deadline:
         time.sleep(1)
