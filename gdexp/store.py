@@ -164,7 +164,6 @@ def use_write_ahead_log(path: Path) -> None:
             connection.close()
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # A new store's schema takes about 1 MB: a folder that cannot take that much fails here, in one
 # line, instead of half-way through MLflow's migration.
 NEW_STORE_BYTES = 2**20
@@ -173,7 +172,13 @@ NEW_STORE_BYTES = 2**20
 def _check_sqlite_store(path: Path) -> None:
     """Say in one line why a SQLite store cannot be used, before MLflow tries (it retries a
     database it cannot open for about two minutes, and a read-only or corrupt file ends in a
-    long SQL traceback)."""
+    long SQL traceback).
+
+    The database file itself is never opened but through SQLite: closing any other descriptor
+    of it drops every POSIX lock this process's SQLite connections hold on it, and another
+    process may then checkpoint and delete the write-ahead log under them (a corrupt store;
+    sqlite.org/howtocorrupt.html, 2.2). Jobs run in the sweep's process check the store again
+    while the sweep's connections are open."""
 
     def refuse(problem: str, advice: str) -> TrackingUnavailable:
         return TrackingUnavailable(f"Cannot use the MLflow store {path}: {problem}. {advice}")
@@ -183,12 +188,11 @@ def _check_sqlite_store(path: Path) -> None:
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise refuse(f"its folder {path.parent} {problem}", "Create it, or p" + elsewhere[1:])
     if path.exists():
-        try:
-            with path.open("r+b") as database:  # opened for writing, nothing written
-                header = database.read(len(SQLITE_HEADER))
-        except OSError as error:
-            raise refuse(f"the file cannot be written ({error.strerror})", elsewhere) from error
-        if header and header != SQLITE_HEADER:
+        if not os.access(path, os.W_OK):
+            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+            why = "Read-only file system" if read_only else "Permission denied"
+            raise refuse(f"the file cannot be written ({why})", elsewhere)
+        if not _is_sqlite_database(path):
             raise refuse(
                 "the file is not an SQLite database (corrupt, or something else)",
                 "Move it away, or p" + elsewhere[1:],
@@ -207,6 +211,22 @@ def _check_sqlite_store(path: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
+
+
+def _is_sqlite_database(path: Path) -> bool:
+    """False only when SQLite itself says the file is not a database (busy, locked or
+    unreadable files are for MLflow to report)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=20)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        return "not a database" not in str(error)
+    return True
 
 
 def _check_server(uri: str, wait_seconds: float = 0.0) -> None:

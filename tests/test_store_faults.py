@@ -7,7 +7,9 @@ make a folder read-only). Without the right to mount, those cases are skipped, s
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from gdexp.store import preflight
 
 FAULT_SECONDS = 5.0
 
@@ -89,6 +93,25 @@ def test_a_corrupt_store(gdexp_cli, store):
     line = refused(gdexp_cli)
     assert str(database) in line and "not an SQLite database" in line
     assert database.read_bytes()[:16] != b"SQLite format 3\0"  # left as it was
+
+
+def test_checking_a_store_in_use_keeps_sqlites_locks(tmp_path):
+    # Jobs run in a sweep's process check the store while the sweep's connections are open. A
+    # check that closed a descriptor of its own on the file dropped their locks: the next
+    # process to close its connection then took the store for unused and deleted the
+    # write-ahead log under them (CI once read "database disk image is malformed").
+    database = tmp_path / "mlflow.db"
+    held = sqlite3.connect(database)
+    held.execute("PRAGMA journal_mode=WAL")
+    held.execute("CREATE TABLE t (x)")
+    held.commit()
+    preflight(f"sqlite:///{database}")
+    other = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT * FROM t').close()"
+    subprocess.run([sys.executable, "-c", other, str(database)], check=True)
+    assert (tmp_path / "mlflow.db-wal").exists()  # still in use: nobody removed its log
+    held.execute("INSERT INTO t VALUES (1)")
+    held.commit()
+    assert sqlite3.connect(database).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_a_store_whose_folder_is_missing(gdexp_cli, tmp_path):
