@@ -17,10 +17,16 @@ from mlflow.tracking import MlflowClient
 from servers import mlflow_server, postgres  # noqa: F401
 from slurm import slurm_cluster  # noqa: F401
 
-from gdexp.store import setup_lock
+from gdexp.store import setup_lock, sqlite_path
 from hydra_plugins.gdexp_plugins._common import GdexpConfigsOnly
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def made(uri: str) -> bool:
+    """Whether the store exists yet: a client would create a SQLite one, and the sweep must."""
+    path = sqlite_path(uri)
+    return path is None or path.exists()
 
 
 def reader(uri: str) -> MlflowClient:
@@ -42,8 +48,8 @@ class Store:
         return reader(self.uri)
 
     def runs(self, experiment: str = "gdexp") -> list:
-        if not Path(self.uri.removeprefix("sqlite:///")).exists():
-            return []  # gdexp has not made it yet (a client would, and gdexp must make it)
+        if not made(self.uri):
+            return []
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return []

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, reader
+from conftest import clean_env, made, reader
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer, Postgres
 from slurm import SlurmCluster, die_with_parent
@@ -121,11 +121,8 @@ class Sweeps:
         return None if found is None else found.experiment_id
 
     def runs(self) -> list:
-        if (
-            self.tracking_uri.startswith("sqlite:///")
-            and not Path(self.tracking_uri.removeprefix("sqlite:///")).exists()
-        ):
-            return []  # not created yet (an MlflowClient would create it)
+        if not made(self.tracking_uri):
+            return []
         experiment_id = self.experiment_id()
         if experiment_id is None:
             return []
