@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -377,40 +378,88 @@ def legends(fig: Figure) -> list:
     return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
 
 
-def inside(points: np.ndarray, box) -> bool:
-    points = points[np.isfinite(points).all(axis=1)]
+def in_box(points: np.ndarray, box, tol: float = 1.0) -> np.ndarray:
+    """Which display points are finite and inside `box` (with `tol` pixels to spare)."""
     x, y = points[:, 0], points[:, 1]
-    tol = 1.0
-    return bool(
-        (
-            (x >= box.x0 - tol) & (x <= box.x1 + tol) & (y >= box.y0 - tol) & (y <= box.y1 + tol)
-        ).any()
-    )
+    with np.errstate(invalid="ignore"):
+        return (
+            np.isfinite(points).all(axis=1)
+            & (x >= box.x0 - tol)
+            & (x <= box.x1 + tol)
+            & (y >= box.y0 - tol)
+            & (y <= box.y1 + tol)
+        )
+
+
+def inside(points: np.ndarray, box) -> bool:
+    return bool(in_box(points, box).any())
 
 
 def shows_data(artist, render) -> bool:
     """Whether `artist` puts at least one point of its data inside its panel."""
-    ax = artist.axes
-    box = ax.get_window_extent(render)
+    return bool(draws(artist, render))
+
+
+def has_line(style) -> bool:
+    return style.get_linestyle() not in ("None", "none", "", " ") and style.get_linewidth() > 0
+
+
+def has_marker(style) -> bool:
+    return style.get_marker() not in (None, "None", "none", "", " ") and style.get_markersize() > 0
+
+
+def marked_indices(line: Line2D, n: int) -> np.ndarray:
+    """The indices of the points a line draws its marker at (its markevery)."""
+    every = line.get_markevery()
+    if every is None:
+        return np.arange(n)
+    if isinstance(every, int):
+        return np.arange(0, n, every)
+    if isinstance(every, slice):
+        return np.arange(n)[every]
+    return np.asarray(every, dtype=int)
+
+
+def draws(artist, render) -> set[str]:
+    """What a reader sees of `artist` in its panel: "line" (a segment, a band or a contour with a
+    point in view) and/or "marker" (a marker in view); empty when it is hidden, transparent, or
+    its data lie outside the panel or are a lone point of a line without markers."""
+    alpha = artist.get_alpha()
+    if artist.axes is None or not artist.get_visible() or (alpha is not None and alpha == 0):
+        return set()
+    box = artist.axes.get_window_extent(render)
     if isinstance(artist, Line2D):
-        return inside(artist.get_transform().transform(artist.get_xydata()), box)
+        points = artist.get_transform().transform(artist.get_xydata())
+        seen = in_box(points, box)
+        finite = np.isfinite(points).all(axis=1)
+        kinds = set()
+        segments = finite[1:] & finite[:-1] & (seen[1:] | seen[:-1])
+        if has_line(artist) and segments.any():
+            kinds.add("line")
+        if has_marker(artist) and seen[marked_indices(artist, len(points))].any():
+            kinds.add("marker")
+        return kinds
     if isinstance(artist, PathCollection):  # scatter: the points are its offsets
-        return inside(artist.get_offset_transform().transform(artist.get_offsets()), box)
+        points = artist.get_offset_transform().transform(artist.get_offsets())
+        sizes = artist.get_sizes()
+        return {"marker"} if len(sizes) and sizes.max() > 0 and inside(points, box) else set()
     paths = [p.vertices for p in artist.get_paths() if len(p.vertices)]
-    return bool(paths) and inside(artist.get_transform().transform(np.concatenate(paths)), box)
+    if paths and inside(artist.get_transform().transform(np.concatenate(paths)), box):
+        return {"line"}  # a band or a contour: drawn as an area or a stroke
+    return set()
 
 
 def visible_mark(handle) -> bool:
-    line = handle.get_linestyle() not in ("None", "none", "", " ") and handle.get_linewidth() > 0
-    marker = handle.get_marker() not in (None, "None", "none", "", " ")
-    return handle.get_visible() and (line or marker)
+    return handle.get_visible() and (has_line(handle) or has_marker(handle))
 
 
 def check_readable(fig: Figure) -> dict[str, list]:
     """A reader's checks of a figure; returns its legend entries -> drawn artists.
 
-    Every legend entry has a visible mark and stands for artists that show data in their panel;
-    legends lie outside every panel; no two texts overlap, and no text lies on a panel.
+    Every legend entry has a visible mark and stands for artists that show data in their panel,
+    and what its mark shows is drawn: its line by some artist as a line (or band), its marker by
+    some artist as a marker in view; legends lie outside every panel; no two texts overlap, and
+    no text lies on a panel.
     """
     render = renderer(fig)
     groups = legend_groups(fig)
@@ -422,8 +471,14 @@ def check_readable(fig: Figure) -> dict[str, list]:
         for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
             label = text.get_text()
             assert visible_mark(handle), f"legend entry {label!r} has no visible mark"
-            drawn = [a for a in groups.get(label, []) if shows_data(a, render)]
+            seen = {id(a): draws(a, render) for a in groups.get(label, [])}
+            drawn = [a for a in groups.get(label, []) if seen[id(a)]]
             assert drawn, f"legend entry {label!r} stands for no data in view"
+            kinds = set().union(*seen.values())
+            if has_line(handle):
+                assert "line" in kinds, f"legend entry {label!r} shows a line none draws"
+            if has_marker(handle):
+                assert "marker" in kinds, f"legend entry {label!r} shows a marker none draws"
             entries[label] = drawn
     boxes = [(t, t.get_window_extent(render).shrunk(0.98, 0.9)) for t in texts(fig)]
     for i, (text, box) in enumerate(boxes):
@@ -460,25 +515,30 @@ def test_loss_curves_show_median_and_band_per_step_size(runs, histories):
         assert ax.get_yscale() == "log"  # 0.17 to 1e14 and beyond: decades
         lines = step_lines(ax)
         assert sorted(lines) == STEP_SIZES
+        top = ax.get_ylim()[1]
         for step_size, line in lines.items():
             table = cell(loss, method, step_size).pivot(
                 index="step", columns="run_id", values="value"
             )
-            n = len(table)
-            np.testing.assert_array_equal(line.get_xdata()[:n], table.index)
-            np.testing.assert_allclose(line.get_ydata()[:n], table.median(axis=1))
+            # The median up to where it leaves the panel (if it does: then it ends on the frame).
+            median = table.median(axis=1)
+            n = int(np.argmax(median > top)) if (median > top).any() else len(median)
+            np.testing.assert_array_equal(line.get_xdata()[:n], table.index[:n])
+            np.testing.assert_allclose(line.get_ydata()[:n], median[:n])
             (band,) = [c for c in ax.collections if gids(c) == gids(line)]
             edges = band.get_paths()[0].vertices[:, 1]
-            assert edges.max() == pytest.approx(table.max().max())
-            assert edges.min() == pytest.approx(table.min().min())
-        # Step size 1 overflowed in both methods: its line runs up out of the panel, to a ×
-        # at the top at the epoch after its last finite loss.
+            assert edges.max() == pytest.approx(min(table.max().max(), top))
+            assert edges.min() == pytest.approx(min(table.min().min(), top))
+        # Step size 1 overflowed in both methods: its line ends on the top of the frame, with a
+        # ▲ there, at the epoch after its last finite loss (or where it crossed the top before).
         blown = lines[1.0]
-        assert blown.get_ydata()[-1] > ax.get_ylim()[1]
-        (marks,) = [c for c in ax.collections if c.get_gid() == figures.OVERFLOW_LABEL]
+        assert blown.get_ydata()[-1] == top
+        (mark,) = [
+            c for c in ax.collections if gids(c) == ["step size 1", figures.LEFT_FRAME_LABEL]
+        ]
         last = cell(loss, method, 1.0).groupby("run_id")["step"].max()
-        np.testing.assert_array_equal(marks.get_offsets()[:, 0], sorted(set(last + 1)))
-        assert (marks.get_offsets()[:, 1] <= DIVERGED_TOP).all()
+        np.testing.assert_array_equal(mark.get_offsets(), [[blown.get_xdata()[-1], top]])
+        assert blown.get_xdata()[-1] <= last.max() + 1
         # The panel's range is the runs that did not diverge, with room above.
         calm = cell(loss, method, 0.01)["value"]
         assert ax.get_ylim()[0] < calm.min() and ax.get_ylim()[1] > 100 * calm.max()
@@ -493,7 +553,9 @@ def test_loss_curves_read_at_a_glance(runs, histories):
             "Batch Gradient Descent",
             "Stochastic Gradient Descent",
         }
-    assert figures.LEAST_SQUARES_LABEL in entries and figures.OVERFLOW_LABEL in entries
+    assert figures.LEAST_SQUARES_LABEL in entries and figures.LEFT_FRAME_LABEL in entries
+    # Step size 1 overflowed in every seed: its line ends on the frame (▲), no × is needed.
+    assert figures.OVERFLOW_LABEL not in entries
 
 
 def many_step_sizes() -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
@@ -522,7 +584,11 @@ def many_step_sizes() -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     return runs, pd.DataFrame(history, columns=["run_id", "key", "step", "value"]), steps
 
 
-def test_many_step_sizes_get_a_colour_bar_that_maps_to_the_lines():
+def colour_distance(a, b) -> float:
+    return float(np.linalg.norm(np.array(a)[:3] - np.array(b)[:3]))
+
+
+def test_many_step_sizes_get_a_colour_bar_with_a_labelled_block_each():
     runs, history, steps = many_step_sizes()
     fig = loss_curves(runs, history)
     entries = check_readable(fig)
@@ -530,21 +596,201 @@ def test_many_step_sizes_get_a_colour_bar_that_maps_to_the_lines():
     (bar_ax,) = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
     bar = bar_ax._colorbar
     assert bar_ax.get_ylabel() == "step size"
-    assert bar.norm.vmin == min(steps) and bar.norm.vmax == max(steps)
+    # A tick per step size, labelled with it, at the middle of a block of its own colour.
+    ticks = bar.get_ticks()
+    assert [t.get_text() for t in bar_ax.get_yticklabels()] == [f"{s:g}" for s in steps]
+    blocks = [bar.cmap(bar.norm(t)) for t in ticks]
+    assert len({tuple(b) for b in blocks}) == len(steps)
+    # Neighbouring step sizes differ in colour at a glance (viridis's 13 shades: 0.07 apart).
+    assert min(colour_distance(a, b) for a, b in pairwise(blocks)) > 0.15
+    render = renderer(fig)
     for ax in fig.axes:
         if ax is bar_ax:
             continue
         lines = step_lines(ax)
         assert sorted(lines) == steps
-        render = renderer(fig)
-        for step, line in lines.items():
-            # The colour bar says which step size a line is, and every line shows in the panel
-            # (those that overflowed at once run from their first loss up out of the panel).
-            np.testing.assert_allclose(
-                np.array(line.get_color()), np.array(bar.cmap(bar.norm(step))), atol=1e-9
-            )
+        for block, (_, line) in zip(blocks, sorted(lines.items()), strict=True):
+            # The block labelled with a step size has its line's colour, and every line shows in
+            # the panel (those that overflowed at once run from their first loss to the frame).
+            np.testing.assert_allclose(np.array(line.get_color()), np.array(block), atol=1e-9)
             assert shows_data(line, render)
             assert len(line.get_xdata()) >= 2
+
+
+def test_few_step_sizes_get_a_legend_entry_each_in_distinct_colours(runs, histories):
+    fig = loss_curves(runs, histories)
+    assert not [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    (legend,) = fig.legends
+    colours = {
+        text.get_text(): handle.get_color()
+        for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True)
+        if text.get_text().startswith("step size")
+    }
+    assert list(colours) == [f"step size {s:g}" for s in STEP_SIZES]
+    for ax in fig.axes:
+        for step, line in step_lines(ax).items():
+            assert line.get_color() == colours[f"step size {step:g}"]
+    shades = list(colours.values())
+    assert min(colour_distance(a, b) for a, b in pairwise(shades)) > 0.3
+
+
+def outside_points(fig: Figure) -> list[str]:
+    """Every finite point of a line, band or marker drawn in a panel that lies outside the panel's
+    x/y limits (in data coordinates, or in axes fractions for what is drawn in those)."""
+    found = []
+    for ax in fig.axes:
+        if hasattr(ax, "_colorbar"):
+            continue
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        data, fraction = ax.transData, ax.transAxes
+        for artist in [*ax.get_lines(), *ax.collections]:
+            if isinstance(artist, PathCollection):
+                points, transform = artist.get_offsets(), artist.get_offset_transform()
+            elif isinstance(artist, Line2D):
+                points, transform = artist.get_xydata(), artist.get_transform()
+            else:
+                points = np.concatenate([p.vertices for p in artist.get_paths()])
+                transform = artist.get_transform()
+            points = np.asarray(points, dtype=float)
+            points = points[np.isfinite(points).all(axis=1)]
+            if transform == data:
+                x, y = points[:, 0], points[:, 1]
+            else:  # axhline, × rows: x or y in axes fractions; check in display coordinates
+                display = transform.transform(points)
+                x, y = data.inverted().transform(display).T
+                box = fraction.transform([[0, 0], [1, 1]])
+                rows = (display >= box[0] - 1e-6) & (display <= box[1] + 1e-6)
+                if not rows.all():
+                    found.append(f"{artist.get_gid()!r}: {points[~rows.all(axis=1)]}")
+                continue
+            bad = (x < x0) | (x > x1) | (y < y0) | (y > y1)
+            if bad.any():
+                found.append(f"{artist.get_gid()!r}: {points[bad][:3]}")
+    return found
+
+
+@pytest.mark.parametrize("data", ["lab", "made up, 13 step sizes"])
+def test_loss_curves_end_diverging_curves_on_the_frame(data, runs, histories):
+    if data == "lab":
+        runs_, history = runs, histories
+    else:
+        runs_, history, _ = many_step_sizes()
+    fig = loss_curves(runs_, history)
+    assert outside_points(fig) == []  # every finite point drawn lies inside its panel
+    entries = check_readable(fig)
+    assert figures.LEFT_FRAME_LABEL in entries
+    loss = history[history["key"] == "loss"].merge(runs_[["run_id", "method", "step_size"]])
+    left = 0
+    for ax in fig.axes:
+        if hasattr(ax, "_colorbar"):
+            continue
+        method = {"Batch": "bgd", "Stochastic": "sgd", "Mini-batch": "minibatch"}[
+            ax.get_title().split(" ")[0]
+        ]
+        top = ax.get_ylim()[1]
+        for step, line in step_lines(ax).items():
+            of_cell = cell(loss, method, step)
+            median = of_cell.groupby("step")["value"].median()
+            blew_up = cell(runs_, method, step)
+            blew_up = np.isposinf(blew_up["final_loss"]) | blew_up["diverged_at_epoch"].notna()
+            leaves = (median > top).any() or blew_up.all()
+            marks = [
+                c
+                for c in ax.collections
+                if gids(c) == [f"step size {step:g}", figures.LEFT_FRAME_LABEL]
+            ]
+            if not leaves:
+                assert marks == [] and line.get_ydata().max() <= top
+                continue
+            # It ends on the frame, where a ▲ of its colour sits, at or before the epoch
+            # after its last finite loss.
+            (mark,) = marks
+            end = (line.get_xdata()[-1], line.get_ydata()[-1])
+            assert end[1] == top
+            np.testing.assert_array_equal(mark.get_offsets(), [end])
+            assert mark.get_paths()[0].vertices[:, 1].max() > 0  # points up
+            assert mark.get_clip_on() is False  # the whole ▲, not its lower half
+            np.testing.assert_allclose(mark.get_facecolor()[0], line.get_color())
+            assert median.index.min() <= end[0] <= of_cell["step"].max() + 1
+            left += 1
+    assert left >= (2 if data == "lab" else 8)
+
+
+def figure_cases(runs, histories, theory_frame):
+    """Every figure function on the lab's sweep, and on it at the single step size 0.1 (the
+    tutorial's sweep: a median is one point per method)."""
+    tutorial = runs[runs["step_size"] == 0.1]
+    for name, chosen in (("sweep", runs), ("tutorial", tutorial)):
+        theory_of = theory_frame[theory_frame["run_id"].isin(chosen["run_id"])]
+        yield f"{name}: loss_curves", lambda c=chosen: loss_curves(c, histories)
+        yield f"{name}: step_size_map", lambda c=chosen, t=theory_of: step_size_map(c, t)
+        yield (
+            f"{name}: step_size_map, no curve",
+            lambda c=chosen, t=theory_of: step_size_map(c, t, theory_curve=False),
+        )
+        yield (
+            f"{name}: parameter_path",
+            lambda c=chosen, t=theory_of: parameter_path(c, histories, theory=t),
+        )
+    blown = cell(runs, "sgd", 1.0)["run_id"].iloc[0]  # a path that is its start alone
+    yield "blown: parameter_path", lambda: parameter_path(runs, histories, [blown])
+    made_up, history, _ = many_step_sizes()
+    yield "13 step sizes: loss_curves", lambda: loss_curves(made_up, history)
+
+
+def test_every_legend_entry_of_every_figure_is_drawn(runs, histories, theory_frame):
+    # Each legend entry's mark (line, marker) is drawn by visible artists with data in view.
+    for name, make in figure_cases(runs, histories, theory_frame):
+        try:
+            check_readable(make())
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from error
+
+
+def test_a_median_at_a_single_step_size_is_drawn(runs, theory_frame):
+    tutorial = runs[runs["step_size"] == 0.1]
+    fig = step_size_map(tutorial, theory_frame[theory_frame["run_id"].isin(tutorial["run_id"])])
+    render = renderer(fig)
+    groups = legend_groups(fig)
+    for short in ("BGD", "SGD"):
+        (median,) = groups[f"{short}: median over seeds"]
+        assert draws(median, render) == {"marker"}  # a bar: a line through one point is nothing
+
+
+def test_theory_is_drawn_beneath_the_measurements(runs, histories, theory_frame):
+    # Where SGD's runs agree with theory (0.05, 0.1) the prediction must not hide the median.
+    fig = step_size_map(runs, theory_frame)
+    groups = legend_groups(fig)
+    theory_labels = [
+        label
+        for label in groups
+        if label.startswith(("theory", "BGD stable", "every SGD step"))
+        or label == figures.LEAST_SQUARES_LABEL
+    ]
+    measured_labels = [*figures.OUTCOME_WORDS.values(), figures.OVERFLOWED_RUNS_LABEL]
+    measured_labels += [label for label in groups if label.endswith("median over seeds")]
+    theory_artists = [a for label in theory_labels for a in groups[label]]
+    measured = [a for label in measured_labels for a in groups.get(label, [])]
+    assert len(theory_labels) >= 4 and measured
+    assert max(a.get_zorder() for a in theory_artists) < min(a.get_zorder() for a in measured)
+    for artist in groups[THEORY_SGD_LABEL]:  # faint, and dashed where it is a line
+        assert artist.get_alpha() is not None and artist.get_alpha() < 1
+        assert not has_line(artist) or artist.get_linestyle() == "--"
+        assert not has_line(artist) or artist.get_linewidth() <= 1.0
+    for artist in theory_artists:
+        assert not has_line(artist) or artist.get_linestyle() in ("--", ":")
+
+    # Loss curves: the optimum beneath the runs' medians.
+    fig = loss_curves(runs, histories)
+    groups = legend_groups(fig)
+    optimum = max(a.get_zorder() for a in groups[figures.LEAST_SQUARES_LABEL])
+    assert optimum < min(a.get_zorder() for a in groups[figures.MEDIAN_LABEL] if has_line(a))
+
+    # Parameter paths: the fit and theory's fixed point, where a path ends, beneath the path.
+    groups = legend_groups(parameter_path(runs, histories, theory=theory_frame))
+    path = min(a.get_zorder() for a in groups[figures.PATH_LABEL])
+    for label in (figures.FIT_LABEL, figures.FIXED_POINT_LABEL, figures.CONTOUR_LABEL):
+        assert max(a.get_zorder() for a in groups[label]) < path
 
 
 def test_loss_curves_panels_follow_method_order_and_only_present_methods():
@@ -786,6 +1032,21 @@ def test_the_readability_check_catches_what_it_is_for():
     ax.plot([1, 2], [1, 2], gid="shown")
     fig.legend(handles=[Line2D([], [], label="ghost", color="k")], loc="outside lower center")
     with pytest.raises(AssertionError, match="'ghost' stands for no data"):
+        check_readable(fig)
+
+    # A line through a single point draws nothing; a marker in the legend needs a drawn marker.
+    fig, ax = figure(layout="constrained")
+    ax.plot([1, 2], [1, 2], color="k")
+    ax.plot([1.5], [1.5], gid="alone")
+    fig.legend(handles=[Line2D([], [], label="alone", color="k")], loc="outside lower center")
+    with pytest.raises(AssertionError, match="'alone' stands for no data"):
+        check_readable(fig)
+    fig, ax = figure(layout="constrained")
+    ax.plot([1, 2], [1, 2], gid="plain")
+    fig.legend(
+        handles=[Line2D([], [], label="plain", color="k", marker="*")], loc="outside lower center"
+    )
+    with pytest.raises(AssertionError, match="'plain' shows a marker none draws"):
         check_readable(fig)
 
     fig, _ = figure()

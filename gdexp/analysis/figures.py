@@ -6,10 +6,13 @@ backend is switched, and a figure is freed as soon as it is dropped. Save one wi
 
 Conventions, the same in every figure: the y axis says `loss` (log scale when the values span
 decades); legends sit outside the panels; every legend entry names drawn data: the artists it
-stands for carry its label as their gid (`legend_groups` finds them); many step sizes get a colour
-bar instead of one legend entry each; no text is drawn inside a panel. Fits and theory are not
-computed here: they come in as `tables.theory_table` / `tables.sgd_theory_curve` frames (computed
-when not given).
+stands for carry its label as their gid (`legend_groups` finds them), and its mark (line, marker)
+is what they draw; many step sizes get a colour bar with a block per step size instead of one
+legend entry each; a curve that leaves a panel ends at its frame with a ▲, and no drawn point lies
+outside the axes; theory (thresholds, fixed points, the optimum) is drawn thin, dashed or faint
+and beneath the measurements, which carry markers; no text is drawn inside a panel. Fits and
+theory are not computed here: they come in as `tables.theory_table` / `tables.sgd_theory_curve`
+frames (computed when not given).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
+from matplotlib.colorbar import Colorbar
+from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
@@ -37,13 +41,26 @@ METHOD_COLORS = {"bgd": "tab:blue", "sgd": "tab:orange", "minibatch": "tab:green
 LOSS_LABEL = "loss"
 THEORY_COLOR = "purple"  # everything theory predicts (lines, fixed points)
 THEORY_SGD_LABEL = "theory: SGD fixed-point loss (★ at swept step sizes)"
+THEORY_SGD_CURVE_LABEL = "theory: SGD fixed-point loss"  # no swept step size is stable: no ★
 LEAST_SQUARES_LABEL = "least-squares loss (the optimum)"
-OVERFLOW_LABEL = "loss overflowed to ∞ (× at top)"
+LEFT_FRAME_LABEL = "diverged (left the frame)"
+OVERFLOW_LABEL = "a seed's loss overflowed to ∞ (× at top)"
 MEDIAN_LABEL = "line: median over seeds; band: lowest to highest"
 DIVERGED_TOP = 0.96  # height (axes fraction) of the first row of × for runs that overflowed
 TOP_ROW_STEP = 0.045  # each further row of × sits this much lower
 LEGEND_MAX_STEPS = 5  # more step sizes than this get a colour bar instead of legend entries
 LOG_SPAN = 100.0  # a loss axis is logarithmic when its values span more than this factor
+# Step sizes are ordered, so one map from small to large; turbo runs through the hues (blue,
+# cyan, green, yellow, orange, red), so that 13 neighbouring step sizes differ in hue, where a
+# single-hue map like viridis gives 13 shades nobody can tell apart. Its ends are cut: the
+# near-black blue and red would read as black.
+STEP_SIZE_CMAP = "turbo"
+STEP_SIZE_CMAP_RANGE = (0.05, 0.95)
+# Drawing order: theory beneath what was measured, so that a prediction never hides a run.
+THEORY_Z = 1.5
+MEASURED_Z = 3.0
+POINTS_Z = 3.5
+FRAME_MARK_Z = 5.0
 
 # Marker of a run's outcome (gdexp.outcome's vocabulary) in `step_size_map`: (marker, filled).
 OUTCOME_MARKERS = {
@@ -102,15 +119,47 @@ def _outside_legend(fig: Figure, handles: list[Line2D], ncols: int | None = None
     return fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize="small")
 
 
-def step_size_colors(step_sizes: Sequence[float]) -> tuple[Colormap, Normalize]:
-    """Colour map and norm for step sizes, the same in every panel (small: dark, large: light;
-    log scale)."""
-    values = np.array(sorted(set(float(s) for s in step_sizes)))
-    cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)), name="viridis_dark")
-    if len(values) == 1 or values.min() <= 0:
-        lo, hi = values.min(), values.max()
-        return cmap, Normalize(lo - 1.0, hi + 1.0) if lo == hi else Normalize(lo, hi)
-    return cmap, LogNorm(values.min(), values.max())
+def step_size_colors(step_sizes: Sequence[float]) -> dict[float, tuple[float, float, float, float]]:
+    """A colour per step size, the same in every panel: small blue, large red.
+
+    Spread evenly by rank over `STEP_SIZE_CMAP`, not by value: neighbouring step sizes then
+    differ as much as the map allows however they are spaced (3 step sizes get its two ends and
+    its middle; a 1-2-5 grid, evenly spaced on a log scale, comes out log-scaled).
+    """
+    values = sorted({float(s) for s in step_sizes})
+    lo, hi = STEP_SIZE_CMAP_RANGE
+    positions = np.linspace(lo, hi, len(values)) if len(values) > 1 else [lo]
+    cmap = colormaps[STEP_SIZE_CMAP]
+    return {v: tuple(cmap(p)) for v, p in zip(values, positions, strict=True)}
+
+
+def step_size_bar(fig: Figure, axes: Sequence[Axes], colors: dict[float, tuple]) -> Colorbar:
+    """A colour bar with a block per step size, in the lines' own colours, each labelled with its
+    step size: a line's colour is matched to one labelled block, not read off a continuous
+    scale between two end labels."""
+    n = len(colors)
+    mappable = ScalarMappable(
+        BoundaryNorm(np.arange(n + 1) - 0.5, n), ListedColormap(list(colors.values()))
+    )
+    bar = fig.colorbar(mappable, ax=axes, pad=0.01, aspect=30, ticks=np.arange(n))
+    bar.set_ticklabels([f"{s:g}" for s in colors])
+    bar.ax.tick_params(labelsize="small")
+    bar.set_label("step size")
+    return bar
+
+
+def _joins(values: np.ndarray) -> bool:
+    """Whether a line through `values` draws a segment: two neighbours both finite."""
+    finite = np.isfinite(np.asarray(values, dtype=float))
+    return bool((finite[1:] & finite[:-1]).any())
+
+
+def _isolated(values: np.ndarray) -> list[int]:
+    """Indices of the finite values with no finite neighbour: a line does not reach them."""
+    finite = np.isfinite(np.asarray(values, dtype=float))
+    before = np.concatenate([[False], finite[:-1]])
+    after = np.concatenate([finite[1:], [False]])
+    return [int(i) for i in np.flatnonzero(finite & ~before & ~after)]
 
 
 def _history(histories: pd.DataFrame, key: str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -143,18 +192,58 @@ def _overflowed(runs: pd.DataFrame) -> pd.Series:
 def _loss_limits(
     history: pd.DataFrame, runs: pd.DataFrame, log_y: bool, floor: float = np.nan
 ) -> tuple[float, float] | None:
-    """y limits of a loss panel: all finite values of the runs that did not diverge and `floor`
-    (the optimum), with room above (log: 1000×) for diverging runs to show their rise before
-    they leave the panel."""
-    calm = history[history["run_id"].isin(runs.loc[runs["outcome"] != DIVERGED, "run_id"])]
-    values = np.append((calm if not calm.empty else history)["value"].to_numpy(), floor)
-    values = values[np.isfinite(values) & ((values > 0) if log_y else True)]
-    if not values.size:
+    """y limits of a loss panel: from the lowest finite value of any run (and `floor`, the
+    optimum) to the highest of the runs that did not diverge, with room above (log: 1000×) for
+    diverging runs to show their rise before they reach the frame.
+
+    The bottom takes every run, so that nothing drawn lies below the panel; the top only the runs
+    that did not diverge, so that one run growing to 1e36 does not squash the others into a
+    line: a curve above the top is cut where it meets the frame and marked there (`_to_frame`).
+    """
+    values = history["value"].to_numpy()
+    usable = np.isfinite(values) & ((values > 0) if log_y else True)
+    calm = (
+        usable & history["run_id"].isin(runs.loc[runs["outcome"] != DIVERGED, "run_id"]).to_numpy()
+    )
+    lows = np.append(values[usable], floor)
+    lows = lows[np.isfinite(lows) & ((lows > 0) if log_y else True)]
+    highs = np.append(values[calm if calm.any() else usable], floor)
+    highs = highs[np.isfinite(highs) & ((highs > 0) if log_y else True)]
+    if not lows.size:
         return None
-    lo, hi = float(values.min()), float(values.max())
-    if calm.empty or len(calm) == len(history):
+    lo, hi = float(lows.min()), float(highs.max())
+    if not calm.any() or calm.sum() == usable.sum():
         return (lo / 2, hi * 4) if log_y else (lo - 0.05 * (hi - lo), hi + 0.15 * (hi - lo))
     return (lo / 2, hi * 1e3) if log_y else (lo - 0.05 * (hi - lo), hi + 2 * (hi - lo))
+
+
+def _to_frame(
+    xs: np.ndarray, ys: np.ndarray, top: float, log_y: bool, overflow_at: float | None = None
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The part of a curve a panel with top `top` can show, and where it left the panel.
+
+    The curve runs up to its first point that is above the top or not finite, and ends there on
+    the frame: at the height of the top, where the segment to that point crosses it
+    (interpolated on the axis's own scale), or at that point's epoch when it is not finite.
+    `overflow_at`: the epoch after the last point at which the runs' loss overflowed (no point
+    logged); the curve meets the frame there. Returns xs, ys and the x where the curve met the
+    frame (None when it stays inside).
+    """
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    out = ~np.isfinite(ys) | (ys > top)
+    if not out.any():
+        if overflow_at is None:
+            return xs, ys, None
+        return np.append(xs, overflow_at), np.append(ys, top), float(overflow_at)
+    i = int(np.argmax(out))
+    if i == 0:
+        return xs[:1], np.array([top]), float(xs[0])
+    x = xs[i]
+    if np.isfinite(ys[i]):
+        scale = np.log10 if log_y else (lambda v: v)
+        y0, y1 = scale(ys[i - 1]), scale(ys[i])
+        x = xs[i - 1] + (scale(top) - y0) / (y1 - y0) * (xs[i] - xs[i - 1])
+    return np.append(xs[:i], x), np.append(ys[:i], top), float(x)
 
 
 def loss_curves(
@@ -164,11 +253,14 @@ def loss_curves(
 
     Each line is the median over the runs (seeds) of its step size, with a band from the lowest
     to the highest of them. A run that overflowed stops where its loss stopped being finite (later
-    epochs are the median of the runs left) and gets a × at the top of the panel at the epoch its
-    loss overflowed; a step size whose runs all overflowed has its line run up to that ×. The
-    dotted line is the least-squares loss (the best any run can reach; median over the runs' data).
-    Colour is step size: a legend entry each for up to `LEGEND_MAX_STEPS` of them, else a colour
-    bar. `log_y`: None takes a log axis when the values span more than `LOG_SPAN`.
+    epochs are the median of the runs left). The top of a panel is set by the runs that did not
+    diverge: a line that rises above it, or whose runs all overflowed, ends on the frame with a ▲
+    ("diverged (left the frame)") where it left; nothing drawn lies outside the panel. A run that
+    overflowed while its line stayed inside gets a × at the top at the epoch it overflowed. The
+    dotted line is the least-squares loss (the best any run can reach; median over the runs'
+    data), beneath the runs. Colour is step size, blue to red: a legend entry each for up to
+    `LEGEND_MAX_STEPS` of them, else a colour bar with a labelled block per step size. `log_y`:
+    None takes a log axis when the values span more than `LOG_SPAN`.
     """
     history = _history(histories, key, runs).merge(
         runs[["run_id", "method", "step_size"]], on="run_id"
@@ -181,14 +273,16 @@ def loss_curves(
     values = history["value"].to_numpy()
     log_y = _is_log(values) if log_y is None else log_y
     step_sizes = sorted(set(runs["step_size"]))
-    cmap, norm = step_size_colors(step_sizes)
+    colors = step_size_colors(step_sizes)
     legend_steps = len(step_sizes) <= LEGEND_MAX_STEPS
+    # Markers on the medians only where they can be told apart: few lines, few epochs.
+    with_markers = legend_steps and stats.groupby(["method", "step_size"]).size().max() <= 40
 
     last_step = history.groupby("run_id")["step"].max()
     runs = runs.assign(_last=runs["run_id"].map(last_step), _over=_overflowed(runs))
     methods = methods_in(runs[runs["run_id"].isin(history["run_id"])])
     fig, axes = new_figure(len(methods), height=4.6 if legend_steps else 4.2)
-    shown_overflow = shown_optimum = False
+    shown_overflow = shown_optimum = shown_left = False
     for ax, method in zip(axes, methods, strict=True):
         of_method = runs[runs["method"] == method]
         if log_y:
@@ -200,28 +294,54 @@ def loss_curves(
         top = ax.get_ylim()[1]
         rows = 0  # rows of × at the top used so far
         for step_size, cell in stats[stats["method"] == method].groupby("step_size", sort=True):
-            color = cmap(norm(step_size))
+            color = colors[float(step_size)]
             label = f"step size {step_size:g}"
+            # The band's edges stop at the frame, like the lines.
             band = ax.fill_between(
-                cell["step"], cell["min"], cell["max"], color=color, alpha=0.18, linewidth=0
+                cell["step"],
+                np.fmin(cell["min"], top),
+                np.fmin(cell["max"], top),
+                color=color,
+                alpha=0.18,
+                linewidth=0,
             )
-            xs, ys = list(cell["step"]), list(cell["median"])
             cell_runs = of_method[of_method["step_size"] == step_size]
             over = cell_runs[cell_runs["_over"]]
-            if len(over) and len(over) == len(cell_runs):
-                xs.append(float(over["_last"].min()) + 1)  # its line runs out of the panel
-                ys.append(top * 1e3 if log_y else top + (top - ax.get_ylim()[0]))
+            all_over = len(over) > 0 and len(over) == len(cell_runs)
+            xs, ys, left_at = _to_frame(
+                cell["step"].to_numpy(),
+                cell["median"].to_numpy(),
+                top,
+                log_y,
+                overflow_at=float(over["_last"].max()) + 1 if all_over else None,
+            )
             line = ax.plot(
                 xs,
                 ys,
                 color=color,
                 linewidth=1.4,
-                marker="o" if legend_steps and len(cell) <= 40 else None,
+                marker="o" if with_markers else None,
                 markersize=2.5,
+                zorder=MEASURED_Z,
             )[0]
             _tag(line, label, MEDIAN_LABEL)
             _tag(band, label, MEDIAN_LABEL)
-            if len(over):
+            if left_at is not None:
+                # On the frame, not beyond it: half the marker would be cut off by the panel.
+                left = ax.scatter(
+                    [left_at],
+                    [top],
+                    marker="^",
+                    s=55,
+                    color=color,
+                    edgecolors="0.1",
+                    linewidths=0.6,
+                    zorder=FRAME_MARK_Z,
+                    clip_on=False,
+                )
+                _tag(left, label, LEFT_FRAME_LABEL)
+                shown_left = True
+            elif len(over):
                 marks = ax.scatter(
                     (over["_last"] + 1).unique(),
                     np.full(over["_last"].nunique(), DIVERGED_TOP - TOP_ROW_STEP * rows),
@@ -229,16 +349,17 @@ def loss_curves(
                     color=color,
                     marker="x",
                     s=40,
-                    zorder=4,
+                    zorder=FRAME_MARK_Z,
                     clip_on=False,
                 )
                 _tag(marks, OVERFLOW_LABEL)
                 rows += 1
                 shown_overflow = True
         if np.isfinite(optimal) and (optimal > 0 or not log_y):
-            _tag(
-                ax.axhline(optimal, color="0.35", linestyle=":", linewidth=1.2), LEAST_SQUARES_LABEL
+            optimum = ax.axhline(
+                optimal, color="0.35", linestyle=":", linewidth=1.2, zorder=THEORY_Z
             )
+            _tag(optimum, LEAST_SQUARES_LABEL)
             shown_optimum = True
         ax.set_xlim(-0.5, max(float(stats["step"].max()) + 1.5, 1.5))
         _thin_log_ticks(ax)
@@ -252,17 +373,28 @@ def loss_curves(
     handles = []
     if legend_steps:
         drawn = legend_groups(fig)
+        marker = {"marker": "o", "markersize": 4} if with_markers else {}
         handles += [
-            _proxy(f"step size {s:g}", color=cmap(norm(s)), marker="o", markersize=4, linestyle="-")
-            for s in step_sizes
+            _proxy(f"step size {s:g}", color=colors[s], linestyle="-", **marker)
+            for s in colors
             if drawn.get(f"step size {s:g}")
         ]
     else:
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.01, aspect=30)
-        bar.set_label("step size")
+        step_size_bar(fig, axes, colors)
     handles.append(_proxy(MEDIAN_LABEL, color="0.3", linewidth=1.4))
     if shown_optimum:
         handles.append(_proxy(LEAST_SQUARES_LABEL, color="0.35", linestyle=":", linewidth=1.2))
+    if shown_left:
+        handles.append(
+            _proxy(
+                LEFT_FRAME_LABEL,
+                marker="^",
+                markersize=7,
+                color="0.5",
+                markeredgecolor="0.1",
+                markeredgewidth=0.6,
+            )
+        )
     if shown_overflow:
         handles.append(_proxy(OVERFLOW_LABEL, color="0.2", marker="x", markersize=6))
     _outside_legend(fig, handles)
@@ -291,7 +423,7 @@ def _threshold_lines(ax: Axes, theory: pd.DataFrame) -> list[Line2D]:
         for value in np.unique(theory[column].round(12)):
             label = f"{words} = {value:.3g}"
             style = {"color": method_color(method), "linestyle": "--", "linewidth": 1.2}
-            _tag(ax.axvline(value, **style), label)
+            _tag(ax.axvline(value, zorder=THEORY_Z, **style), label)
             handles.append(_proxy(label, **style))
     return handles
 
@@ -302,15 +434,16 @@ def step_size_map(
     curve: pd.DataFrame | None = None,
     theory_curve: bool = True,
 ) -> Figure:
-    """Final loss against step size (log-log): a line per method through the median over seeds,
-    each run a point whose marker is its outcome, runs whose loss went to infinity as a × at the
-    top (a row per method).
+    """Final loss against step size (log-log): a line per method through the median over seeds
+    (a bar marks a median no line reaches, e.g. at a single step size), each run a point whose
+    marker is its outcome, runs whose loss went to infinity as a × at the top (a row per method).
 
-    Dashed vertical lines: theory's stability thresholds (BGD 2/λmax(H); SGD's strictest single
-    sample, min 1/(xᵢ²+1)). Purple: theory's fixed-point loss for SGD, the level an SGD run
-    settles on where its epoch map is stable (ρ < 1): stars at the swept step sizes (median over
-    seeds), and with `theory_curve` a thin line at every step size of the axis, ending where ρ
-    reaches 1. `theory`: `tables.theory_table(runs)`; `curve`: `tables.sgd_theory_curve` on the
+    Theory is drawn beneath the runs, thin and dashed: theory's stability thresholds as vertical
+    lines (BGD 2/λmax(H); SGD's strictest single sample, min 1/(xᵢ²+1)); in faint purple,
+    theory's fixed-point loss for SGD, the level an SGD run settles on where its epoch map is
+    stable (ρ < 1): stars at the swept step sizes (median over seeds), and with `theory_curve` a
+    dashed line at every step size of the axis, ending where ρ reaches 1 (without it, the stars
+    joined). `theory`: `tables.theory_table(runs)`; `curve`: `tables.sgd_theory_curve` on the
     axis's step sizes; each computed when not given.
     """
     from gdexp.analysis import tables
@@ -328,11 +461,19 @@ def step_size_map(
         of_method = runs[runs["method"] == method]
         medians = of_method.groupby("step_size")["final_loss"].median().sort_index()
         label = f"{method_short(method)}: median over seeds"
-        line = ax.plot(
-            medians.index, medians.where(np.isfinite(medians)), color=color, linewidth=1.5
-        )[0]
-        _tag(line, label)
-        method_handles.append(_proxy(label, color=color, linewidth=1.5))
+        shown = medians.where(np.isfinite(medians))
+        if shown.notna().any():
+            # A bar at a median no line reaches (a single step size, or one between step sizes
+            # whose runs went to infinity): a line through one point draws nothing.
+            alone = _isolated(shown.to_numpy())
+            style = {"color": color, "linewidth": 1.5}
+            if alone:
+                style.update(marker="_", markersize=14, markeredgewidth=2.0)
+            line = ax.plot(shown.index, shown, zorder=MEASURED_Z, markevery=alone or None, **style)
+            _tag(line[0], label)
+            if not _joins(shown.to_numpy()):
+                style["linestyle"] = "none"
+            method_handles.append(_proxy(label, **style))
         loss = of_method["final_loss"]
         known = of_method["outcome"].isin(list(OUTCOME_MARKERS))
         groups = [(o, of_method["outcome"] == o, *OUTCOME_MARKERS[o]) for o in OUTCOME_MARKERS]
@@ -347,7 +488,7 @@ def step_size_map(
                 loss[chosen],
                 marker=marker,
                 s=30,
-                zorder=3,
+                zorder=POINTS_Z,
                 facecolors=color if filled else "none",
                 edgecolors=color,
                 linewidths=1.2,
@@ -370,7 +511,7 @@ def step_size_map(
                 color=color,
                 marker="x",
                 s=45,
-                zorder=3,
+                zorder=POINTS_Z,
                 clip_on=False,
             )
             _tag(marks, OVERFLOWED_RUNS_LABEL)
@@ -379,24 +520,30 @@ def step_size_map(
             )
             rows += 1
 
+    # Theory beneath the runs, faint and dashed: where runs and theory agree (SGD at 0.05 and
+    # 0.1) the measured median must stay in sight on top of the prediction.
     theory_handles = []
-    theory_style = {
+    star_style = {
         "color": THEORY_COLOR,
-        "linestyle": "--",
         "marker": "*",
-        "markersize": 8,
-        "zorder": 2,  # behind the runs' markers
+        "markersize": 11,
+        "alpha": 0.6,
+        "markeredgewidth": 0,
     }
+    theory_line = {"color": THEORY_COLOR, "linestyle": "--", "linewidth": 1.0, "alpha": 0.6}
     sgd = theory[(theory["method"] == "sgd") & theory["stable"]]
-    if not sgd.empty:
-        predicted = sgd.groupby("step_size")["fixed_point_loss"].median().sort_index()
-        _tag(ax.plot(predicted.index, predicted.values, **theory_style)[0], THEORY_SGD_LABEL)
-        finite_values.extend(predicted[np.isfinite(predicted)])
-        theory_handles.append(_proxy(THEORY_SGD_LABEL, **theory_style))
+    predicted = sgd.groupby("step_size")["fixed_point_loss"].median().sort_index()
+    predicted = predicted[np.isfinite(predicted)]
+    drawn_theory_line = False
+    theory_label = THEORY_SGD_LABEL if not predicted.empty else THEORY_SGD_CURVE_LABEL
+    if not predicted.empty:
+        stars = ax.plot(predicted.index, predicted.values, linestyle="none", **star_style)[0]
+        _tag(stars, THEORY_SGD_LABEL).set_zorder(THEORY_Z)
+        finite_values.extend(predicted)
     optimal = runs["optimal_loss"].median()
     if np.isfinite(optimal) and optimal > 0:
         style = {"color": "0.35", "linestyle": ":", "linewidth": 1.2}
-        _tag(ax.axhline(optimal, **style), LEAST_SQUARES_LABEL)
+        _tag(ax.axhline(optimal, zorder=THEORY_Z, **style), LEAST_SQUARES_LABEL)
         theory_handles.append(_proxy(LEAST_SQUARES_LABEL, **style))
         finite_values.append(optimal)
     theory_handles += _threshold_lines(ax, theory)
@@ -407,18 +554,20 @@ def step_size_map(
     if theory_curve and (runs["method"] == "sgd").any():
         if curve is None:
             curve = tables.sgd_theory_curve(runs, np.geomspace(*x_lim, 120))
-        drawn = ax.plot(
-            curve["step_size"],
-            curve["fixed_point_loss"],
-            color=THEORY_COLOR,
-            linewidth=1,
-            alpha=0.5,
-        )[0]
-        _tag(drawn, THEORY_SGD_LABEL)
-        shown = curve["fixed_point_loss"].to_numpy()
-        finite_values.extend(shown[np.isfinite(shown)])
-        if sgd.empty and np.isfinite(shown).any():
-            theory_handles.insert(0, _proxy(THEORY_SGD_LABEL, **theory_style))
+        shown = curve["fixed_point_loss"].to_numpy(dtype=float)
+        if _joins(shown):
+            drawn = ax.plot(curve["step_size"], shown, zorder=THEORY_Z, **theory_line)[0]
+            _tag(drawn, theory_label)
+            finite_values.extend(shown[np.isfinite(shown)])
+            drawn_theory_line = True
+    elif len(predicted) > 1:  # no curve: the stars joined, as the curve would join them
+        joined = ax.plot(predicted.index, predicted.values, zorder=THEORY_Z, **theory_line)[0]
+        _tag(joined, THEORY_SGD_LABEL)
+        drawn_theory_line = True
+    if drawn_theory_line or not predicted.empty:
+        style = {**(theory_line if drawn_theory_line else {"linestyle": "none"})}
+        style.update(star_style if not predicted.empty else {})
+        theory_handles.insert(0, _proxy(theory_label, **style))
     positive = [v for v in finite_values if v > 0]
     if positive:
         # Headroom at the top for the rows of × of runs that went to infinity.
@@ -523,7 +672,7 @@ def parameter_path(
         theory = theory_table(runs[runs["run_id"].isin(run_ids)])
     theory_by_id = theory.set_index("run_id")
     fig, axes = new_figure(len(run_ids), width=5.0, height=5.0)
-    shown_fixed = False
+    shown_fixed = joined_path = False
     for ax, run_id in zip(axes, run_ids, strict=True):
         row = by_id.loc[run_id]
         facts = theory_by_id.loc[run_id]
@@ -564,12 +713,20 @@ def parameter_path(
             cmap="Greys_r",
             linewidths=0.7,
             alpha=0.8,
+            zorder=1,
         )
         _tag(contours, CONTOUR_LABEL)
         color = method_color(str(row["method"]))
-        _tag(ax.plot(w, b, "-o", color=color, markersize=3.5, linewidth=1)[0], PATH_LABEL)
-        _tag(ax.plot(w[0], b[0], "s", color="black", markersize=6)[0], START_LABEL)
-        _tag(ax.plot(fit_w, fit_b, "*", color="crimson", markersize=12)[0], FIT_LABEL)
+        # The path on top: the fit and theory's fixed point, where a converging path ends,
+        # are drawn beneath it, so its last iterates stay in sight.
+        path_line = ax.plot(
+            w, b, "-o", color=color, markersize=3.5, linewidth=1, zorder=MEASURED_Z
+        )[0]
+        _tag(path_line, PATH_LABEL)
+        joined_path = joined_path or _joins(w)
+        _tag(ax.plot(w[0], b[0], "s", color="black", markersize=6, zorder=POINTS_Z)[0], START_LABEL)
+        fit = ax.plot(fit_w, fit_b, "*", color="crimson", markersize=13, alpha=0.7, zorder=THEORY_Z)
+        _tag(fit[0], FIT_LABEL)
         if show_fixed:
             fixed = ax.plot(
                 facts["fixed_point_w"],
@@ -579,6 +736,7 @@ def parameter_path(
                 markerfacecolor="none",
                 markersize=9,
                 markeredgewidth=1.5,
+                zorder=THEORY_Z,
             )[0]
             _tag(fixed, FIXED_POINT_LABEL)
             shown_fixed = True
@@ -594,9 +752,16 @@ def parameter_path(
         if scale == "linear":
             ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
     handles = [
-        _proxy(PATH_LABEL, color="0.3", marker="o", markersize=3.5, linestyle="-", linewidth=1),
+        _proxy(
+            PATH_LABEL,
+            color="0.3",
+            marker="o",
+            markersize=3.5,
+            linestyle="-" if joined_path else "none",  # a run that blew up at once: its start
+            linewidth=1,
+        ),
         _proxy(START_LABEL, marker="s", color="black", markersize=6),
-        _proxy(FIT_LABEL, marker="*", color="crimson", markersize=12),
+        _proxy(FIT_LABEL, marker="*", color="crimson", markersize=12, alpha=0.7),
         _proxy(CONTOUR_LABEL, color="0.5", linewidth=0.7),
     ]
     if shown_fixed:
