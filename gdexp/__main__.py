@@ -12,13 +12,11 @@ import difflib
 import itertools
 import logging
 import re
-import signal
 import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import hydra
@@ -27,6 +25,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gdexp import stopping
 from gdexp.config import (
     HELP_RESOLVER,
     config_problems,
@@ -57,7 +56,15 @@ LAUNCHERS = {
     "joblib": "jobs in parallel worker processes, one per core (hydra.launcher.n_jobs=2)",
     "submitit_local": "each job in a process of its own, as on a cluster",
     "slurm": "one SLURM array task per run (hydra.launcher.partition=NAME)",
+    "slurm_batched": "SLURM array tasks of hydra.launcher.runs_per_task runs, each batched",
 }
+SWEEPERS = {
+    "gdexp": "the default: every combination of the listed values, checked whole, resumable",
+    "basic": "Hydra's own sweeper: every combination, one after another",
+    "optuna": "searches ranges, interval(...), with Optuna (+sweeps=best_step_size)",
+}
+# Hydra's plugin groups that gdexp documents, as a command line chooses them.
+PLUGIN_GROUPS = {"hydra/launcher": LAUNCHERS, "hydra/sweeper": SWEEPERS}
 EXAMPLES = (
     ("python -m gdexp method=sgd step_size=0.01 seed=3", "one run"),
     ("python -m gdexp -m method=bgd,sgd step_size=0.01,0.05,0.1 seed=0,1,2", "an 18-run sweep"),
@@ -142,6 +149,9 @@ def help_text() -> str:
         "",
         "Launchers, for sweeps (-m hydra/launcher=NAME):",
         *_table(list(LAUNCHERS.items())),
+        "",
+        "Sweepers (-m hydra/sweeper=NAME):",
+        *_table(list(SWEEPERS.items())),
         "",
         "Examples:",
         *_table(EXAMPLES),
@@ -230,6 +240,40 @@ def _group_problems(
     return problems
 
 
+def _plugin_problems(override: Any) -> list[str]:
+    """A launcher or sweeper that neither gdexp documents nor any installed plugin provides."""
+    group, line = override.key_or_group, override.input_line
+    if override.is_delete() or override.is_sweep_override():
+        return []
+    value, documented = str(override.value()), PLUGIN_GROUPS[group]
+    if value in documented:
+        return []
+    installed = _installed_choices(group)
+    if value in installed:  # another plugin's, or one gdexp does not list: Hydra's business
+        return []
+    noun = group.split("/")[1]
+    close = difflib.get_close_matches(value, [*documented, *installed], n=1, cutoff=0.6)
+    hint = f"did you mean {group}={close[0]}? " if close else ""
+    return [
+        f"{line}: gdexp has no {noun} '{value}'; {hint}the {noun}s are "
+        f"{', '.join(documented)} (python -m gdexp --help)"
+    ]
+
+
+def _installed_choices(group: str) -> list[str]:
+    """Hydra's options for a plugin group: what installed plugins register, and gdexp's conf/.
+    Looked up only for a name gdexp does not document (it imports every Hydra plugin)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # plugins register their configs as they are imported
+    stored = (
+        ConfigStore.instance().list(group) if group in ("hydra/launcher", "hydra/sweeper") else []
+    )
+    ours = Path(CONFIG_DIR, group).glob("*.yaml")
+    return sorted({name.removesuffix(".yaml") for name in stored} | {p.stem for p in ours})
+
+
 def _optimising_sweeper(parsed: Sequence[Any]) -> bool:
     """Whether the command line chooses another sweeper than gdexp's grid sweeper (a sweep
     file cannot: conf/config.yaml's choice outranks it)."""
@@ -269,6 +313,9 @@ def command_line_problems(
     known = {k.key for k in schema_keys()} | schema_nodes()
     for override in parsed:
         key, line = override.key_or_group, override.input_line
+        if key in PLUGIN_GROUPS:
+            problems += _plugin_problems(override)
+            continue
         if override.is_hydra_override() or key == "hydra" or override.package is not None:
             continue
         if key in GROUPS and not isinstance(override.value(), dict):
@@ -339,7 +386,28 @@ def main(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig, hydra_cfg: DictConfig, job_of_sweep: bool) -> float:
     # Paths are taken from the launch folder, wherever the job runs (hydra.job.chdir=true).
     launch_dir = Path(hydra_cfg.runtime.cwd)
+    # Jobs in worker processes and cluster tasks never ran `cli`: their signals set the flag
+    # too, and they stop when the sweep they work for is asked to.
+    stopping.install()
+    if job_of_sweep:
+        stopping.follow(launch_dir / hydra_cfg.sweep.dir)
+    try:
+        stopping.check()  # between runs: a stopped sweep starts no new one
+        return _tracked_run(cfg, hydra_cfg, job_of_sweep, launch_dir)
+    except stopping.StopRequested:
+        if not job_of_sweep or stopping.is_command():
+            raise  # this process runs the command: it closes the sweep, and exits 130
+        # A job in a worker or task: the launcher hands its failure back; the command stops.
+        raise JobStopped("stopped: the sweep was asked to stop") from None
 
+
+class JobStopped(Exception):
+    """A job in a worker process that stopped because its sweep was asked to."""
+
+
+def _tracked_run(
+    cfg: DictConfig, hydra_cfg: DictConfig, job_of_sweep: bool, launch_dir: Path
+) -> float:
     manifest = None
     if cfg.tracking.enabled:
         from gdexp.store import SweepManifest, preflight, resolve_tracking_uri
@@ -373,16 +441,26 @@ def _run(cfg: DictConfig, hydra_cfg: DictConfig, job_of_sweep: bool) -> float:
     return objective_value(summary, cfg.objective)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # Once is enough: a second SIGTERM must not cut short the cleanup the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def _stopped() -> NoReturn:
+    """After a stop was asked for: close what is still open, say so once, exit 130."""
+    said = False
+    if "gdexp.sweep" in sys.modules:  # a sweep another sweeper drove may still be open
+        from gdexp.sweep import close_open_sweeps, interruption_reported
+
+        close_open_sweeps()
+        said = interruption_reported()
+    if not said:
+        sys.stderr.write(
+            f"Interrupted ({stopping.requested() or 'SIGINT'}): stopped at a safe point; a run "
+            "in flight is marked KILLED.\n"
+        )
+    sys.exit(stopping.INTERRUPTED_EXIT_CODE)
 
 
 def cli() -> None:
-    """The command: gdexp's help and command-line checks, then Hydra. SIGTERM is handled like
-    Ctrl-C, so that runs in flight end as KILLED."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """The command: gdexp's help and command-line checks, then Hydra. SIGINT and SIGTERM ask
+    for a stop, which gdexp makes at its next safe point: runs in flight end as KILLED."""
+    stopping.install(command=True)
     arguments = _parsed_arguments(sys.argv[1:])
     # Another config (-cp, -cn, -cd) or Hydra's own business: Hydra alone.
     ours = arguments is not None and not (
@@ -406,12 +484,9 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        if "gdexp.sweep" in sys.modules:  # a sweep another sweeper drove may still be open
-            from gdexp.sweep import close_open_sweeps
-
-            close_open_sweeps()
-        sys.stderr.write("Interrupted. Run the same command again to resume.\n")
-        sys.exit(130)
+        _stopped()
+    if stopping.requested():  # asked after the last safe point: still a stop, not a success
+        _stopped()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ SWEEP_RUNS_ARTIFACT = "sweep_runs.json"  # on a sweep's parent: every run of the
 SWEEP_MANIFEST = ".gdexp-sweep.json"  # in a sweep's folder: where its jobs log (gdexp.sweep)
 # Held (flock) by the process running a sweep, so a second sweep cannot share its folder.
 SWEEP_LOCK = ".gdexp-sweep.lock"
+# Left in a sweep's folder when its process is asked to stop: jobs in other processes stop too.
+STOP_MARKER = ".gdexp-stop"
 
 # --- metrics -----------------------------------------------------------------------------------
 LOSS_METRIC = "loss"

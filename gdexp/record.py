@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,44 +117,58 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def finite_metrics(
-    key: str, values: Iterable[float], first_step: int = 0, timestamp: int | None = None
+    key: str,
+    values: Sequence[float],
+    first_step: int = 0,
+    span: tuple[int, int] | None = None,
 ) -> list[Metric]:
     """One Metric per finite value, at steps first_step, first_step + 1, ...; non-finite values
     are left out (MLflow stores inf as ±1.8e308, and a NaN breaks its run page).
 
-    A history is logged in one batch after training, so its points get a synthetic clock: the
-    point at step k is stamped `timestamp + k` milliseconds. Both the step and the time axes of
-    MLflow's charts then draw the curve (one shared timestamp collapses it to a vertical line).
-    """
+    A history is logged in one batch after training, so its points are stamped across `span`,
+    the wall-clock milliseconds (start, end) over which they were computed: the first point at
+    the start, the last at the end, evenly between. The stamps then fall inside the run's
+    lifetime, and MLflow's time-axis chart draws a curve, not one vertical line. Without a
+    span, every point is stamped now."""
     from mlflow.entities import Metric
 
-    timestamp = timestamp if timestamp is not None else int(time.time() * 1000)
+    start, end = span if span is not None else (now_ms(), now_ms())
+    last = max(len(values) - 1, 1)
     return [
-        Metric(key, float(value), timestamp + step, step)
-        for step, value in enumerate(values, start=first_step)
+        Metric(key, float(value), start + (end - start) * index // last, first_step + index)
+        for index, value in enumerate(values)
         if math.isfinite(value)
     ]
 
 
+def now_ms() -> int:
+    """Wall-clock time as MLflow stamps runs and metrics: milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
 def result_metrics(
-    trajectory: Trajectory, summary: RunSummary, log_step_loss: bool
+    trajectory: Trajectory,
+    summary: RunSummary,
+    log_step_loss: bool,
+    span: tuple[int, int] | None = None,
 ) -> list[Metric]:
     """A run's history and final figures. Steps count epochs done: `loss` at step k is measured
     after k epochs (before epoch k's updates), `w` and `b` at step k after k epochs. `step_loss`
-    is at the global update index."""
-    now = int(time.time() * 1000)
+    is at the global update index. `span`: when training ran (ms); the final figures are
+    stamped at its end."""
+    span = span if span is not None else (now_ms(), now_ms())
     metrics = (
-        finite_metrics(names.LOSS_METRIC, trajectory.epoch_loss, 0, now)
-        + finite_metrics("w", trajectory.w, 1, now)
-        + finite_metrics("b", trajectory.b, 1, now)
+        finite_metrics(names.LOSS_METRIC, trajectory.epoch_loss, 0, span)
+        + finite_metrics("w", trajectory.w, 1, span)
+        + finite_metrics("b", trajectory.b, 1, span)
     )
     if log_step_loss:
-        metrics += finite_metrics(names.STEP_LOSS_METRIC, trajectory.step_loss, 0, now)
+        metrics += finite_metrics(names.STEP_LOSS_METRIC, trajectory.step_loss, 0, span)
     finals = {key: getattr(summary, key) for key in names.FINAL_METRICS}
     if summary.diverged_at_epoch is not None:
         finals[names.DIVERGED_AT_METRIC] = summary.diverged_at_epoch
     for key, value in finals.items():
-        metrics += finite_metrics(key, [value], 0, now)
+        metrics += finite_metrics(key, [value], 0, (span[1], span[1]))
     return metrics
 
 
@@ -196,15 +210,19 @@ def config_record(cfg: DictConfig) -> tuple[dict[str, Any], list[Metric]]:
 
 
 def result_record(
-    cfg: DictConfig, trajectory: Trajectory, summary: RunSummary
+    cfg: DictConfig,
+    trajectory: Trajectory,
+    summary: RunSummary,
+    span: tuple[int, int] | None = None,
 ) -> tuple[list[Metric], dict[str, str]]:
-    """What a run did: its metrics, and its outcome and description as tags."""
+    """What a run did: its metrics, and its outcome and description as tags. `span`: when it
+    trained (ms since the epoch), to stamp its history with."""
     tags = {
         names.OUTCOME_TAG: summary.outcome,
         names.OUTCOME_REASON_TAG: summary.reason,
         names.NOTE_TAG: describe(cfg, summary),
     }
-    return result_metrics(trajectory, summary, cfg.tracking.log_step_loss), tags
+    return result_metrics(trajectory, summary, cfg.tracking.log_step_loss, span), tags
 
 
 def config_yaml(cfg: DictConfig) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig
 
-from gdexp import names
+from gdexp import names, stopping
 from gdexp.data import Dataset, effective_batch_size, make_run_data
 from gdexp.outcome import RunSummary, summarize
 from gdexp.train import TrainSettings, Trajectory, train, train_many
@@ -45,7 +45,8 @@ def objective_value(summary: RunSummary, objective: str) -> float:
 
 
 class EpochLines:
-    """Logs each epoch's loss, w and b at one point in time (the epoch's start)."""
+    """Logs each epoch's loss, w and b at one point in time (the epoch's start); then, between
+    epochs, stops if a stop was asked for."""
 
     def __init__(self, cfg: DictConfig, level: int) -> None:
         self.w, self.b, self.level = float(cfg.init.w), float(cfg.init.b), level
@@ -57,6 +58,7 @@ class EpochLines:
             epoch, float(loss[0]), self.w, self.b,
         )  # fmt: skip
         self.w, self.b = float(w[0]), float(b[0])
+        stopping.check()
 
 
 def result_line(name: str, summary: RunSummary) -> str:
@@ -91,13 +93,16 @@ def run_experiment(
         # Written first: a run killed mid-training still shows what it was.
         tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
         try:
+            stopping.check()  # between store calls
+            started = record.now_ms()
             trajectory = train(cfg, data, EpochLines(cfg, epoch_level))
+            span = (started, record.now_ms())
             summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
         except BaseException:  # failed or interrupted: the run still shows its config
             with contextlib.suppress(Exception):
                 tracker.log(run_id, params=params, metrics=config_metrics)
             raise
-        metrics, tags = record.result_record(cfg, trajectory, summary)
+        metrics, tags = record.result_record(cfg, trajectory, summary, span)
         # What the run is and what it did, in as few calls as MLflow's limits allow.
         tracker.log(run_id, params=params, metrics=config_metrics + metrics, tags=tags)
     log.info(result_line(name, summary))
@@ -123,6 +128,8 @@ def run_grid(
     a process killed mid-training leaves them RUNNING for its sweep to mark KILLED, never
     missing. Returns each config's summary, or the exception that failed it (its run is then
     FAILED); `on_logged(n)` after each run is closed."""
+    from gdexp import record
+
     results: list[RunSummary | Exception | None] = [None] * len(cfgs)
     settings = [TrainSettings.of(cfg) for cfg in cfgs]
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -132,34 +139,35 @@ def run_grid(
     logged = 0
     for indices in groups.values():
         for chunk in _chunks(indices, settings[indices[0]]):
-            run_ids = _start_runs(
-                destination, [cfgs[i] for i in chunk], [overrides[i] for i in chunk]
-            )
-            datasets = [make_run_data(cfgs[i]) for i in chunk]
+            stopping.check()  # between chunks
+            run_ids: list[str | None] = []
             try:
-                trajectories: Sequence[Trajectory | Exception] = train_many(
-                    [settings[i] for i in chunk], datasets
+                _start_runs(
+                    destination, [cfgs[i] for i in chunk], [overrides[i] for i in chunk], run_ids
                 )
-            except Exception as error:  # the whole group failed; each of its runs says so
-                trajectories = [error] * len(chunk)
-            except BaseException:  # interrupted: this group's runs end KILLED, with their config
-                if destination is not None:
-                    from gdexp import record
-
-                    for index, run_id in zip(chunk, run_ids, strict=True):
-                        params, metrics = record.config_record(cfgs[index])
-                        with contextlib.suppress(Exception):
-                            destination.tracker.log(run_id, params=params, metrics=metrics)
-                        with contextlib.suppress(Exception):
-                            destination.tracker.end_run(run_id, "KILLED")
+                datasets = [make_run_data(cfgs[i]) for i in chunk]
+                started = record.now_ms()
+                try:
+                    trajectories: Sequence[Trajectory | Exception] = train_many(
+                        [settings[i] for i in chunk], datasets, stopping.check_epoch
+                    )
+                except Exception as error:  # the whole group failed; each of its runs says so
+                    trajectories = [error] * len(chunk)
+                span = (started, record.now_ms())
+                for position, (index, run_id, data, trajectory) in enumerate(
+                    zip(chunk, run_ids, datasets, trajectories, strict=True)
+                ):
+                    stopping.check()  # between runs' store calls: the rest end KILLED
+                    results[index] = _finish(
+                        destination, run_id, cfgs[index], data, trajectory, span
+                    )
+                    run_ids[position] = None  # closed
+                    logged += 1
+                    if on_logged is not None:
+                        on_logged(logged)
+            except BaseException:  # interrupted: the chunk's open runs end KILLED, with config
+                _kill_runs(destination, [cfgs[i] for i in chunk], run_ids)
                 raise
-            for index, run_id, data, trajectory in zip(
-                chunk, run_ids, datasets, trajectories, strict=True
-            ):
-                results[index] = _finish(destination, run_id, cfgs[index], data, trajectory)
-                logged += 1
-                if on_logged is not None:
-                    on_logged(logged)
     return results  # type: ignore[return-value]
 
 
@@ -167,21 +175,41 @@ def _start_runs(
     destination: Destination | None,
     cfgs: Sequence[DictConfig],
     overrides: Sequence[Sequence[str]],
-) -> list[str | None]:
-    """Each config's run, created with its tags and config.yaml, before it trains."""
+    run_ids: list[str | None],
+) -> None:
+    """Each config's run, created with its tags and config.yaml, before it trains; appended to
+    `run_ids` as they are made, so that an interruption sees the ones already made."""
     if destination is None:
-        return [None] * len(cfgs)
+        run_ids += [None] * len(cfgs)
+        return
     from gdexp import record
 
     tracker = destination.tracker
-    run_ids: list[str | None] = []
     for cfg, job in zip(cfgs, overrides, strict=True):
+        stopping.check()  # between store calls
         run_id = tracker.start_run(
             record.run_name(cfg), destination.parent_run_id, record.run_tags(cfg, job)
         )
-        tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
         run_ids.append(run_id)
-    return run_ids
+        tracker.log_text(run_id, record.config_yaml(cfg), names.CONFIG_ARTIFACT)
+
+
+def _kill_runs(
+    destination: Destination | None, cfgs: Sequence[DictConfig], run_ids: Sequence[str | None]
+) -> None:
+    """End the runs still open KILLED, each with its config (what it was, if not what it did)."""
+    if destination is None:
+        return
+    from gdexp import record
+
+    for cfg, run_id in zip(cfgs, run_ids, strict=False):
+        if run_id is None:
+            continue
+        params, metrics = record.config_record(cfg)
+        with contextlib.suppress(Exception):
+            destination.tracker.log(run_id, params=params, metrics=metrics)
+        with contextlib.suppress(Exception):
+            destination.tracker.end_run(run_id, "KILLED")
 
 
 def _finish(
@@ -190,6 +218,7 @@ def _finish(
     cfg: DictConfig,
     data: Dataset,
     trajectory: Trajectory | Exception,
+    span: tuple[int, int],
 ) -> RunSummary | Exception:
     from gdexp import record
 
@@ -205,7 +234,7 @@ def _finish(
                 tracker.log(run_id, params=params, metrics=metrics)
                 raise trajectory
             summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
-            result_metrics, tags = record.result_record(cfg, trajectory, summary)
+            result_metrics, tags = record.result_record(cfg, trajectory, summary, span)
             # What the run is and what it did, in as few calls as MLflow's limits allow.
             tracker.log(run_id, params=params, metrics=metrics + result_metrics, tags=tags)
         log.info(result_line(record.run_name(cfg), summary))
@@ -220,6 +249,9 @@ def run_chunk(
     """A chunk of a grid in one cluster task: `run_grid`, logging to the sweep's store, and each
     run's objective (or the exception that failed it) handed back to the launching process."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    # A cancelled task gets SIGTERM (submitit's own handler would ignore it): stop between
+    # epochs, its runs KILLED.
+    stopping.install()
     destination = where.destination() if where is not None else None
     results = run_grid(cfgs, overrides, destination)
     return [

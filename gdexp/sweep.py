@@ -28,7 +28,7 @@ from pathlib import Path
 from hydra.errors import CompactHydraException
 from mlflow.entities import Run
 
-from gdexp import names, record
+from gdexp import names, record, stopping
 from gdexp.outcome import OUTCOMES
 from gdexp.store import SweepManifest, Tracker, first_line
 
@@ -154,6 +154,7 @@ class Sweep:
         resume: bool,
         retry_seconds: float,
     ) -> Sweep:
+        close_abandoned_sweeps(tracker)
         code = record.code_fingerprint()
         identity = grid_hash(config_hashes) if config_hashes is not None else None
         parent, done = None, {}
@@ -192,6 +193,7 @@ class Sweep:
         sweep = cls(tracker, parent, folder, grid, n_runs, done, retry_seconds, claim)
         sweep.manifest.write(folder)
         _open_sweeps.append(sweep)
+        stopping.announce(folder)  # a stop asked of this process reaches jobs elsewhere
         return sweep
 
     def todo(self, config_hashes: Sequence[str]) -> list[int]:
@@ -208,6 +210,7 @@ class Sweep:
             self.release_folder()
 
     def release_folder(self) -> None:
+        stopping.forget(self.folder)
         if self.folder_claim is not None:
             os.close(self.folder_claim)  # closing the descriptor releases its flock
             self.folder_claim = None
@@ -295,37 +298,106 @@ class Sweep:
         if best is not None:
             tags[names.BEST_RUN_TAG] = best.info.run_id
             tags[f"{names.BEST_PARAM_TAG_PREFIX}{objective}"] = f"{tally.best_value:.6g}"
-            for key in self.grid:
-                if key in best.data.params:
-                    tags[f"{names.BEST_PARAM_TAG_PREFIX}{key}"] = best.data.params[key]
+            for key, value in swept_values(best, self.grid).items():
+                tags[f"{names.BEST_PARAM_TAG_PREFIX}{key}"] = value
         return tags
 
     def close_interrupted(self) -> None:
-        """After Ctrl-C or SIGTERM: mark the runs in flight and the parent KILLED, and say how
-        many runs that was (never more than there were)."""
+        """After a stop was asked for (Ctrl-C, SIGTERM): mark the runs in flight and the parent
+        KILLED, and say so in one line (never more runs than there were)."""
+        global _interruption_reported
         if self.closed:
             return
+        why = stopping.requested() or "SIGINT"
+        _interruption_reported = True
         try:
             tally = self.close(interrupted=True)
         except Exception as error:
-            log.error("Sweep interrupted; could not record it: %s", first_line(error))
+            log.error(
+                "Sweep interrupted (%s); its end could not be recorded (%s). Run the same "
+                "command again to resume.", why, first_line(error),
+            )  # fmt: skip
             return
-        if tally.killed_in_flight:
-            log.error(
-                "Sweep interrupted: %d run(s) in flight marked KILLED; %d finished. Run the same "
-                "command again to resume.", tally.killed_in_flight, tally.finished,
+        in_flight = (
+            f"{tally.killed_in_flight} run(s) in flight marked KILLED"
+            if tally.killed_in_flight
+            else "no run in flight"
+        )
+        log.error(
+            "Sweep interrupted (%s): %s; %d finished. Parent run %s is KILLED. Run the same "
+            "command again to resume.", why, in_flight, tally.finished, self.parent_run_id,
+        )  # fmt: skip
+
+
+# Whether an interrupted sweep of this process has said so (the command then says no more).
+_interruption_reported = False
+
+
+def interruption_reported() -> bool:
+    return _interruption_reported
+
+
+def close_abandoned_sweeps(tracker: Tracker) -> list[str]:
+    """Close KILLED the sweeps of this experiment left RUNNING by a process that is gone (a
+    second Ctrl-C, SIGKILL, a crash), with their runs still RUNNING: a sweep's process holds
+    its folder (`claim_folder`) for as long as it lives, so a folder no one holds has no sweep
+    running in it. Sweeps whose folder is not on this machine are left alone. Returns the
+    parent runs closed."""
+    abandoned = tracker.search(
+        f"tags.`{names.KIND_TAG}` = '{names.SWEEP_KIND}' and attributes.status = 'RUNNING'"
+    )
+    closed = []
+    for parent in abandoned:
+        folder = Path(parent.data.tags.get(names.SWEEP_DIR_TAG, ""))
+        if not (folder / names.SWEEP_LOCK).is_file():
+            continue
+        try:
+            claim = claim_folder(folder)
+        except (FolderBusy, OSError):
+            continue  # its sweep is still running (or the folder cannot be held)
+        try:
+            for run in tracker.children(parent.info.run_id, "RUNNING"):
+                tracker.end_run(run.info.run_id, "KILLED")
+            tracker.client.set_tag(
+                parent.info.run_id, names.NOTE_TAG, "Abandoned: its process stopped without "
+                "closing it; the runs it left RUNNING are marked KILLED.",
             )  # fmt: skip
-        else:
-            log.error(
-                "Sweep interrupted with no run in flight; %d finished. Run the same command "
-                "again to resume.", tally.finished,
-            )  # fmt: skip
+            tracker.end_run(parent.info.run_id, "KILLED")
+            closed.append(parent.info.run_id)
+        finally:
+            os.close(claim)
+    if closed:
+        log.info("Closed %d abandoned sweep(s) KILLED: %s", len(closed), ", ".join(closed))
+    return closed
 
 
 def close_open_sweeps() -> None:
     """Mark every sweep still open in this process interrupted (after Ctrl-C or SIGTERM)."""
     for sweep in list(_open_sweeps):
         sweep.close_interrupted()
+
+
+def swept_values(run: Run, grid: Mapping[str, str]) -> dict[str, str]:
+    """The run's value of each swept key. A config group (`method`) is recorded as its
+    `name` field (`method.name`)."""
+    params = run.data.params
+    values = {}
+    for key in grid:
+        for param in (key, f"{key}.name"):
+            if param in params:
+                values[key] = params[param]
+                break
+    return values
+
+
+# More runs than this on one chart are a tangle (and an address of kilobytes).
+MAX_CURVES = 24
+
+
+def best_runs(tally: Tally, objective: str, n: int = MAX_CURVES) -> list[Run]:
+    """The `n` FINISHED runs with the lowest objective, best first."""
+    finished = [run for run in tally.runs if run.info.status == "FINISHED"]
+    return sorted(finished, key=lambda run: _objective(run, objective))[:n]
 
 
 def _objective(run: Run, objective: str) -> float:

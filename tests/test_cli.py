@@ -252,8 +252,13 @@ def test_help_says_what_gdexp_is_with_keys_methods_sweeps_launchers_examples(gde
     for sweep in ("tutorial", "step_sizes", "best_step_size"):
         assert sweep in rows
     assert "-m +sweeps=NAME" in text
-    for launcher in ("batched", "joblib", "submitit_local", "slurm"):
-        assert launcher in rows
+    # Every launcher and sweeper gdexp ships or supports: each one Hydra accepts by that name.
+    launchers = text.split("Launchers, for sweeps")[1].split("Sweepers")[0]
+    listed = {line.split()[0] for line in launchers.splitlines()[1:] if line[:2] == "  "}
+    assert listed == {"basic", "batched", "joblib", "submitit_local", "slurm", "slurm_batched"}
+    sweepers = text.split("Sweepers (-m hydra/sweeper=NAME):")[1].split("Examples")[0]
+    listed = {line.split()[0] for line in sweepers.splitlines()[1:] if line[:2] == "  "}
+    assert listed == {"gdexp", "basic", "optuna"}
     examples = [line for line in text.splitlines() if line.startswith("  python -m gdexp ")]
     assert len(examples) >= 3
     # Not Hydra's generic help: no group listing that suggests `sweeps=tutorial` without `+`.
@@ -356,3 +361,35 @@ def test_launcher_lines_come_back_when_verbose(gdexp_cli, verbose):
     assert "Launching 1 jobs locally" not in quiet.stdout
     assert "Launching 1 jobs locally" in loud.stdout
     assert "#1 : seed=1" in loud.stdout
+
+
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("hydra/launcher=foo", ""),
+        ("hydra/launcher=bached", "did you mean hydra/launcher=batched? "),
+        ("hydra/launcher=slurm_batch", "did you mean hydra/launcher=slurm_batched? "),
+        ("hydra/sweeper=optuma", "did you mean hydra/sweeper=optuna? "),
+    ],
+)  # fmt: skip
+def test_an_unknown_launcher_or_sweeper_is_refused_in_one_line(gdexp_cli, store, override, hint):
+    done = gdexp_cli("-m", override, "epochs=2")
+    assert done.returncode == 2 and done.stdout == ""
+    group, value = override.split("=")
+    noun = group.split("/")[1]
+    listed = (
+        "basic, batched, joblib, submitit_local, slurm, slurm_batched"
+        if noun == "launcher"
+        else "gdexp, basic, optuna"
+    )
+    assert done.stderr == (
+        f"{override}: gdexp has no {noun} '{value}'; {hint}the {noun}s are {listed} "
+        "(python -m gdexp --help)\n"
+    )
+    assert list(store.folder.iterdir()) == []  # nothing made
+
+
+def test_a_launcher_another_plugin_provides_is_left_to_hydra(gdexp_cli):
+    # submitit_slurm is hydra-submitit-launcher's own name: not gdexp's to refuse.
+    done = gdexp_cli("-m", "hydra/launcher=submitit_slurm", "seed=1.5")
+    assert done.stderr == "seed=1.5: seed is an int (a whole number), not 1.5\n"

@@ -10,6 +10,7 @@ from conftest import REPO
 # Rank of each module: a module may import only modules of a lower or equal rank.
 RANKS = {
     "gdexp.names": 0,
+    "gdexp.stopping": 0,  # signals and safe points: the standard library only
     "gdexp.config": 0,
     "gdexp.seeding": 1,
     "gdexp.data": 2,

@@ -4,6 +4,8 @@ and with hydra.job.chdir=true every run still lands in <launch folder>/mlflow.db
 from __future__ import annotations
 
 import math
+import re
+from urllib.parse import unquote
 
 import pytest
 
@@ -31,6 +33,32 @@ def test_basic_sweeper_jobs_are_children_of_one_parent(gdexp_cli, store):
     assert parent.data.tags[names.SWEEPER_TAG] == "BasicSweeper"
     assert parent.data.tags[names.N_RUNS_TAG] == "4"
     assert parent.data.tags[names.NOTE_TAG].startswith("4 runs: ")
+    check_best_names_every_swept_key(parent, children, done.stdout)
+
+
+@pytest.mark.parametrize("sweeper", ["gdexp", "basic"])
+def test_the_best_run_names_its_method(gdexp_cli, store, sweeper):
+    # `method` is a config group: its runs record it as the param method.name.
+    done = gdexp_cli(
+        "-m", f"hydra/sweeper={sweeper}", "method=sgd,bgd", "step_size=0.05,0.1", "epochs=5"
+    )
+    assert done.returncode == 0, done.stderr
+    parent, children = sweep_runs(store)
+    check_best_names_every_swept_key(parent, children, done.stdout if sweeper == "basic" else "")
+
+
+def check_best_names_every_swept_key(parent, children, output: str) -> None:
+    best = min(children, key=lambda run: run.data.metrics.get("final_loss", math.inf))
+    swept = [tag.removeprefix(names.GRID_TAG_PREFIX) for tag in parent.data.tags
+             if tag.startswith(names.GRID_TAG_PREFIX)] or ["method", "seed"]  # fmt: skip
+    params = best.data.params
+    assert parent.data.tags[names.BEST_RUN_TAG] == best.info.run_id
+    for key in swept:
+        value = params.get(key, params.get(f"{key}.name"))
+        assert value is not None and parent.data.tags[f"best.{key}"] == value, key
+    if output:
+        chosen = ", ".join(f"{key}={params.get(key, params.get(f'{key}.name'))}" for key in swept)
+        assert f"Best run: {chosen}," in output and "None" not in output, output
 
 
 @pytest.mark.slow
@@ -54,6 +82,15 @@ def test_an_optuna_study_is_one_sweep_with_its_best_trial_on_the_parent(gdexp_cl
     assert float(parent.data.tags["best.final_loss"]) == pytest.approx(final(best), rel=1e-5)
     diverged = [c for c in children if c.data.tags[names.OUTCOME_TAG] == "diverged"]
     assert all(final(d) > final(best) for d in diverged)
+    # The closing lines name the best trial and its curves' address, not a row per trial.
+    out = done.stdout
+    assert "Sweep done: 8 trials (" in out, out
+    assert f"Best run: step_size={best.data.params['step_size']}, final_loss " in out
+    assert f"(run {best.info.run_id})" in out
+    curves = re.search(r"Loss curves of the best (\d+) trials: (\S+)", out)
+    assert curves and int(curves[1]) == sum(c.info.status == "FINISHED" for c in children)
+    assert best.info.run_id in unquote(curves[2]) and "/#/metric/loss?" in curves[2]
+    assert "step size" not in out  # no outcome table of step sizes × methods
     # Optuna itself agrees on the best trial (it was handed the same objective).
     optuna_best = [line for line in done.stdout.splitlines() if "Best value:" in line]
     assert optuna_best and float(optuna_best[0].split("Best value:")[1]) == pytest.approx(

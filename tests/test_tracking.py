@@ -76,10 +76,31 @@ def test_non_finite_values_are_left_out_not_clamped():
     assert [(m.step, m.value) for m in metrics] == [(0, 1.0), (4, 2.0)]
 
 
-def test_history_points_carry_timestamps_that_increase_with_their_step():
-    # One shared timestamp collapses MLflow's time-axis chart to a vertical line.
-    metrics = finite_metrics("loss", [3.0, 2.0, 1.0], timestamp=1_000)
-    assert [(m.step, m.timestamp) for m in metrics] == [(0, 1_000), (1, 1_001), (2, 1_002)]
+def test_history_points_are_stamped_across_the_time_they_were_computed_in():
+    # One shared timestamp collapses MLflow's time-axis chart to a vertical line; stamps past
+    # the span would fall after the run ended.
+    metrics = finite_metrics("loss", [4.0, 3.0, 2.0, 1.0, 0.5], span=(1_000, 1_400))
+    assert [(m.step, m.timestamp) for m in metrics] == [
+        (0, 1_000), (1, 1_100), (2, 1_200), (3, 1_300), (4, 1_400),
+    ]  # fmt: skip
+    later = finite_metrics("w", [1.0, 2.0], first_step=1, span=(5, 6))
+    assert [(m.step, m.timestamp) for m in later] == [(1, 5), (2, 6)]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_every_history_point_is_stamped_inside_its_runs_lifetime(gdexp_cli, store, launcher):
+    done = gdexp_cli(
+        "-m", f"hydra/launcher={launcher}", "method=sgd,bgd", "seed=0,1", "epochs=30"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    children = [r for r in store.runs() if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4
+    for run in children:
+        start, end = run.info.start_time, run.info.end_time
+        for key in ("loss", "w", "b", "step_loss", "final_loss"):
+            stamps = [m.timestamp for m in store.client.get_metric_history(run.info.run_id, key)]
+            assert stamps, key
+            assert start <= min(stamps) and max(stamps) <= end, (key, start, end, stamps[-1])
 
 
 def test_config_is_flattened_with_dotted_keys():

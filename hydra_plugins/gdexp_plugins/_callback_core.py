@@ -12,27 +12,46 @@ log = logging.getLogger(__name__)
 
 
 def check_run(config: DictConfig) -> None:
-    """A single run's output folder and store, checked before Hydra creates the folder (a
-    failure inside the run would come with Hydra's "Error executing job" line)."""
-    from gdexp.config import is_gdexp_config
+    """Everything a single run can be refused for, checked before Hydra creates its folder:
+    Hydra's run_job makes outputs/<date>/<time> (its .hydra/ and log) before the run starts,
+    so a refusal there would leave it behind. The composed config (what the command line check
+    could not see: interpolations, config files), the output folder (checked, not made), the
+    store. The run checks the config and store again; the store's damage check is not repeated.
+    """
+    from gdexp.config import config_problems, is_gdexp_config
     from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
+    gdexp = is_gdexp_config(config)
+    if gdexp:
+        try:
+            problems = config_problems(config)
+        except Exception:  # e.g. ${hydra:...}, which resolves only once the job is set up
+            problems = []
+        if problems:  # as the run refuses them (gdexp.__main__.refuse): one line each, code 2
+            import sys
+
+            sys.stderr.write("".join(f"{problem}\n" for problem in problems))
+            raise SystemExit(2)
     folder = Path(config.hydra.run.dir).absolute()
     writable_folder(folder, "the run's output folder (hydra.run.dir)")
-    if is_gdexp_config(config) and config.tracking.enabled:
+    if gdexp and config.tracking.enabled:
         preflight(resolve_tracking_uri(config.tracking.uri, config.hydra.runtime.cwd))
 
 
 def open_sweep(config: DictConfig) -> Any:
+    """Checks the sweep's folder and store, then opens the tracked sweep, which makes the folder:
+    a refused sweep leaves the launch folder as it was."""
     from gdexp.config import is_gdexp_config
 
-    if not is_gdexp_config(config) or not config.tracking.enabled:
+    if not is_gdexp_config(config):
         return None
     from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
     launch_dir = Path(config.hydra.runtime.cwd)
     sweep_dir = launch_dir / config.hydra.sweep.dir
     writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
+    if not config.tracking.enabled:
+        return None
     tracking = config.tracking
     preflight(resolve_tracking_uri(tracking.uri, launch_dir))
 
@@ -67,9 +86,13 @@ def _search_space(task: list[str]) -> dict[str, str]:
 
 
 def close_sweep(sweep: Any, config: DictConfig) -> None:
+    from gdexp import stopping
     from gdexp.store import first_line
-    from gdexp.sweep import outcome_table
+    from gdexp.sweep import best_runs, outcome_table, swept_values
 
+    if stopping.requested():  # asked after the sweeper's last job: the sweep stopped, not done
+        sweep.close_interrupted()
+        return
     try:
         tally = sweep.close(objective=config.objective)
     except Exception as error:
@@ -78,8 +101,24 @@ def close_sweep(sweep: Any, config: DictConfig) -> None:
             "run %s stays open.", first_line(error), sweep.parent_run_id,
         )  # fmt: skip
         return
-    found = ""
-    if tally.best is not None:
-        chosen = ", ".join(f"{k}={tally.best.data.params.get(k)}" for k in sweep.grid)
-        found = f" Best run: {chosen}, {config.objective} {tally.best_value:.6g}."
-    log.info("Sweep done:%s\n%s\n%s", found, outcome_table(tally), sweep.tracker.ui_hint())
+    tracker = sweep.tracker
+    if tally.best is None:
+        log.info("Sweep done: no run finished.\n%s\n%s", outcome_table(tally), tracker.ui_hint())
+        return
+    chosen = ", ".join(f"{k}={v}" for k, v in swept_values(tally.best, sweep.grid).items())
+    best = (
+        f"Best run: {chosen}, {config.objective} {tally.best_value:.6g} "
+        f"(run {tally.best.info.run_id})."
+    )
+    if sweep.n_runs is not None:  # a grid: its outcomes per step size and method
+        log.info("Sweep done: %s\n%s\n%s", best, outcome_table(tally), tracker.ui_hint())
+        return
+    # An optimiser's trials are a path through the space, not a grid: a table of every trial
+    # says nothing; the best trials' curves do.
+    shown = best_runs(tally, config.objective)
+    counts = ", ".join(f"{n} {word}" for word, n in sorted(tally.outcomes.items()) if n)
+    log.info(
+        "Sweep done: %d trials (%s). %s\n%s\nLoss curves of the best %d trials: %s",
+        len(tally.runs), counts or "none finished", best, tracker.ui_hint(), len(shown),
+        tracker.compare_address([run.info.run_id for run in shown]),
+    )  # fmt: skip

@@ -23,11 +23,19 @@ def collect(
     jobs: Sequence[Any],
     on_result: Callable[[int, Any], None],
     on_failure: Callable[[int, Exception], None],
+    poll_seconds: float = 0.5,
 ) -> None:
-    """Wait for every task, in order; hand each one's result or failure on. Ctrl-C cancels the
-    whole array (and waits until its tasks have ended) before it is raised again."""
+    """Wait for every task; hand each one's result or failure on, in order. A stop asked for
+    while waiting (Ctrl-C, SIGTERM: `gdexp.stopping`) cancels the whole array, waits until its
+    tasks have ended, and is raised then."""
+    from gdexp import stopping
+
     try:
         for index, job in enumerate(jobs):
+            # Polled, not a blocking job.result(): the signal handler only sets a flag.
+            while not job.done():
+                stopping.check()
+                time.sleep(poll_seconds)
             try:
                 result = job.result()
             except Exception as error:  # cancelled, out of time, crashed: its runs failed
@@ -39,9 +47,10 @@ def collect(
                 continue
             on_result(index, result)
         wait_until_ended(jobs)
+        stopping.check()
     except KeyboardInterrupt:
         cancel(jobs)
-        log.error("Interrupted: cancelled array job %s", array_id(jobs))
+        log.info("Stopping: cancelled array job %s", array_id(jobs))
         raise
 
 

@@ -65,8 +65,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     launch_dir = Path(config.hydra.runtime.cwd)
     sweep_dir = launch_dir / config.hydra.sweep.dir
     first = configs[0]
+    # Checked, not made: a refused sweep leaves the launch folder as it was. The folder is made
+    # once every check passed (a tracked sweep's by Sweep.open).
     writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
     if not first.tracking.enabled:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         return _launch(sweeper, jobs, configs)
     # A store that cannot be used is refused before MLflow and torch load.
@@ -97,9 +100,15 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         "Sweep of %d runs%s; parent run %s in %s",
         len(jobs), resumed, tracked.parent_run_id, tracker.uri,
     )  # fmt: skip
+    from gdexp import stopping
+
     try:
         returns = _launch(sweeper, [jobs[i] for i in todo], [configs[i] for i in todo])
+        stopping.check()  # asked while the launcher waited for its workers or tasks
     except Exception as error:  # the launcher itself failed: close the sweep with what it has
+        if stopping.requested():  # a worker that died of the same Ctrl-C
+            tracked.close_interrupted()
+            raise stopping.StopRequested(stopping.requested()) from error
         with contextlib.suppress(Exception):
             tracked.close(objective=first.objective)
         raise SweepFailed(
@@ -129,13 +138,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     return returns
 
 
-# More runs than this on one chart are a tangle (and an address of kilobytes): then one run
-# per method and step size, the lowest seed.
-MAX_CURVES = 24
-
-
 def curve_runs(runs: Sequence[Any]) -> tuple[list[str], str]:
     """The runs whose loss curves the closing address shows, and how to say which they are."""
+    from gdexp.sweep import MAX_CURVES
+
+    # More than that: one run per method and step size, the lowest seed.
     if len(runs) <= MAX_CURVES:
         return [run.info.run_id for run in runs], "its runs"
     first: dict[tuple[str, str], Any] = {}
