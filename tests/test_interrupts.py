@@ -4,9 +4,12 @@ running sweeps, on every local launcher and the Optuna sweeper, beside a CPU hog
 Each interrupt must end the command with exit code 130 and one message, leave no run RUNNING,
 and close the sweep's parent KILLED with a tally equal to its children's statuses; after the
 series, the same command completes the sweep. `GDEXP_INTERRUPTS` sets how many signals a
-series sends, SIGINT and SIGTERM alternately: 1 in CI, 20 by hand (`GDEXP_INTERRUPTS=20 GDEXP_SLURM_INTERRUPTS=4
-python tests/cpu_hog.py pytest -s tests/test_interrupts.py`: the hog is then around the whole
-run as well).
+series sends, SIGINT and SIGTERM alternately: 1 in CI, 20 by hand:
+
+    GDEXP_INTERRUPTS=20 GDEXP_SLURM_INTERRUPTS=4 python tests/cpu_hog.py \
+        pytest -s tests/test_interrupts.py
+
+(the hog is then around the whole run as well).
 """
 
 from __future__ import annotations
