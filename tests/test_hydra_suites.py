@@ -3,6 +3,8 @@
 The suites drive Hydra's test apps, which are not gdexp: gdexp's plugins run gdexp's configs only,
 by design, and must say so in one line. A suite test either passes, or is reported as xfail after
 `refused_by_design` (tests/conftest.py) has checked that it failed with exactly that refusal.
+The same suites' assertions on gdexp's own app, for each of gdexp's launchers, are in
+tests/test_hydra_contract.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,12 @@ from typing import Any
 
 from hydra.core.utils import JobReturn
 
-from hydra_plugins.gdexp_plugins._batched_core import compose_jobs, job_manifest, job_returns
+from hydra_plugins.gdexp_plugins._batched_core import (
+    compose_jobs,
+    finished,
+    job_manifest,
+    job_returns,
+)
 from hydra_plugins.gdexp_plugins._common import require_gdexp_app
 from hydra_plugins.gdexp_plugins._submitit import array_id, collect
 
@@ -59,6 +64,7 @@ def launch(
 
     from gdexp.run import run_chunk
 
+    returns = job_returns(launcher, job_overrides, configs, initial_job_idx)  # (job folders)
     manifest = job_manifest(config, configs[0]) if configs else None
     parts = chunks(len(configs), settings["runs_per_task"])
     jobs = executor(settings).map_array(
@@ -83,4 +89,4 @@ def launch(
         handed_back(task, [error] * len(parts[task]))
 
     collect(jobs, handed_back, failed)
-    return job_returns(config, job_overrides, configs, results)
+    return finished(returns, results)

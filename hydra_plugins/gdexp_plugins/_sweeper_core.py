@@ -155,12 +155,16 @@ def curve_runs(runs: Sequence[Any]) -> tuple[list[str], str]:
 def _launch(
     sweeper: Any, jobs: list[Sequence[str]], configs: list[DictConfig]
 ) -> list[Sequence[JobReturn]]:
-    """Run the jobs in batches of max_batch_size (all at once by default); on a launcher that
-    runs them in this process, in slices with progress between them. gdexp's batched launchers
-    take the configs composed here, instead of composing them again."""
-    batch_size = sweeper.max_batch_size or max(len(jobs), 1)
-    sliced = type(sweeper.launcher).__name__ in _SLICED_LAUNCHERS
-    step = min(batch_size, max(1, -(-len(jobs) // 20))) if sliced else batch_size
+    """Run the jobs in batches of exactly `hydra.sweeper.max_batch_size` (the last one smaller),
+    as Hydra's sweepers do. Unset: all at once, except on a launcher that runs them in this
+    process, which gets them in slices (about 20) with progress between them. gdexp's batched
+    launchers take the configs composed here, instead of composing them again."""
+    if sweeper.max_batch_size is not None:  # >= 1: GdexpSweeper.sweep checked it
+        step = sweeper.max_batch_size
+    elif type(sweeper.launcher).__name__ in _SLICED_LAUNCHERS:
+        step = max(1, -(-len(jobs) // 20))
+    else:
+        step = max(len(jobs), 1)
     # gdexp's batched launchers report progress run by run themselves; saying it again after
     # each batch would print every line twice.
     composed_launcher = hasattr(sweeper.launcher, "launch_composed")

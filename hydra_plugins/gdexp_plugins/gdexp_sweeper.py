@@ -57,6 +57,11 @@ class GdexpSweeper(Sweeper):
 
         from hydra_plugins.gdexp_plugins._sweeper_core import sweep
 
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise SystemExit(
+                f"hydra.sweeper.max_batch_size={self.max_batch_size}: a batch is at least one "
+                "job (or null: the whole grid at once)"
+            )
         try:
             return sweep(self, arguments)
         except CompactHydraException as error:  # gdexp's one-line refusals, without a footer

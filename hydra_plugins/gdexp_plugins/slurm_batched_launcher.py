@@ -29,6 +29,7 @@ class SlurmBatchedLauncherConf:
     array_parallelism: int = 32
     name: str = "${hydra.job.name}"
     additional_parameters: dict[str, Any] = field(default_factory=dict)
+    job_folders: bool = False  # Hydra's per-job folders with .hydra/, written before submitting
 
 
 ConfigStore.instance().store(
@@ -42,6 +43,7 @@ ConfigStore.instance().store(
 class SlurmBatchedLauncher(Launcher):
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
+        self.job_folders = bool(settings.get("job_folders", False))
         self.hydra_context: Optional[HydraContext] = None  # noqa: UP045
         self.config: Optional[DictConfig] = None  # noqa: UP045
 
