@@ -41,6 +41,7 @@ BEST_PARAM_TAG_PREFIX = "best."  # best.step_size, best.final_loss ...
 # --- artifacts ---------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
 SWEEP_RUNS_ARTIFACT = "sweep_runs.json"  # on a sweep's parent: every run of the sweep
+TABLE_ARTIFACT = "results.parquet"  # on a sweep's parent: a row per config (gdexp.table)
 SWEEP_MANIFEST = ".gdexp-sweep.json"  # in a sweep's folder: where its jobs log (gdexp.sweep)
 # Held (flock) by the process running a sweep, so a second sweep cannot share its folder.
 SWEEP_LOCK = ".gdexp-sweep.lock"

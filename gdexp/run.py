@@ -105,8 +105,23 @@ def run_experiment(
         metrics, tags = record.result_record(cfg, trajectory, summary, span)
         # What the run is and what it did, in as few calls as MLflow's limits allow.
         tracker.log(run_id, params=params, metrics=config_metrics + metrics, tags=tags)
+        _leave_rows(destination, [(cfg, trajectory, summary)])
     log.info(result_line(name, summary))
     return summary
+
+
+def _leave_rows(
+    destination: Destination | None,
+    finished: Sequence[tuple[DictConfig, Trajectory, RunSummary]],
+) -> None:
+    """The finished runs' rows, for their sweep's table (gdexp.table), in the sweep's folder."""
+    if destination is None or destination.sweep_folder is None or not finished:
+        return
+    from gdexp import table
+
+    rows = [table.run_row(cfg, trajectory, summary, summary.run_id)
+            for cfg, trajectory, summary in finished]  # fmt: skip
+    table.write_rows(destination.sweep_folder, rows)
 
 
 def _chunks(indices: list[int], settings: TrainSettings) -> list[list[int]]:
@@ -154,6 +169,7 @@ def run_grid(
                 except Exception as error:  # the whole group failed; each of its runs says so
                     trajectories = [error] * len(chunk)
                 span = (started, record.now_ms())
+                finished = []
                 for position, (index, run_id, data, trajectory) in enumerate(
                     zip(chunk, run_ids, datasets, trajectories, strict=True)
                 ):
@@ -162,12 +178,16 @@ def run_grid(
                         destination, run_id, cfgs[index], data, trajectory, span
                     )
                     run_ids[position] = None  # closed
+                    if isinstance(results[index], RunSummary):
+                        finished.append((cfgs[index], trajectory, results[index]))
                     logged += 1
                     if on_logged is not None:
                         on_logged(logged)
             except BaseException:  # interrupted: the chunk's open runs end KILLED, with config
                 _kill_runs(destination, [cfgs[i] for i in chunk], run_ids)
+                _leave_rows(destination, finished)
                 raise
+            _leave_rows(destination, finished)
     return results  # type: ignore[return-value]
 
 

@@ -603,6 +603,7 @@ class Destination:
 
     tracker: Tracker
     parent_run_id: str | None = None
+    sweep_folder: Path | None = None  # where its runs leave their rows (gdexp.table)
 
 
 @dataclass(frozen=True)
@@ -615,6 +616,7 @@ class SweepManifest:
     experiment: str
     parent_run_id: str | None  # None: top-level runs (tracked, but not a sweep)
     retry_seconds: float
+    sweep_folder: str | None = None  # absolute; None: runs leave no rows
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -638,7 +640,8 @@ class SweepManifest:
             _job_trackers[key] = tracker
         else:  # the store is opened once a process; that it still answers is checked each job
             preflight(self.tracking_uri, self.retry_seconds, damage=False)
-        return Destination(tracker, self.parent_run_id)
+        folder = Path(self.sweep_folder) if self.sweep_folder else None
+        return Destination(tracker, self.parent_run_id, folder)
 
 
 # Jobs that share a process (Hydra's basic launcher, joblib's reused workers) share one client:

@@ -14,6 +14,7 @@ callback in `hydra_plugins.gdexp_plugins.multirun_callback`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -115,7 +116,9 @@ class Sweep:
         self.grid = dict(grid)
         self.n_runs = n_runs  # None: the sweeper decides as it goes (an optimiser)
         self.done = dict(done)  # FINISHED runs of an earlier attempt, by config hash
-        self.manifest = SweepManifest(tracker.uri, tracker.experiment, parent_run_id, retry_seconds)
+        self.manifest = SweepManifest(
+            tracker.uri, tracker.experiment, parent_run_id, retry_seconds, str(folder.resolve())
+        )
         self.closed = False
         self.folder_claim = folder_claim
         self.opened_at = int(time.time() * 1000)  # ms, as MLflow's run start times
@@ -239,11 +242,55 @@ class Sweep:
             {"run_ids": sorted(run.info.run_id for run in tally.runs)},
             names.SWEEP_RUNS_ARTIFACT,
         )
+        self._record_table(tally.runs, cut_short)
         tracker.end_run(self.parent_run_id, status)
         self.closed = True
         if self in _open_sweeps:
             _open_sweeps.remove(self)
         return tally
+
+    def _record_table(self, runs: Sequence[Run], cut_short: set[str]) -> None:
+        """The sweep's table (gdexp.table) on its parent: a row per config, its latest attempt.
+        Rows come from the parts its runs left in the sweep folder, then from an earlier
+        attempt's table; a run that left none (its process died first) is read back through
+        MLflow's API."""
+        import tempfile
+
+        from gdexp import table
+
+        tracker = self.tracker
+        sources = [table.read_parts([self.folder])]
+        with tempfile.TemporaryDirectory() as scratch:
+            if self.done:  # resumed: the runs it reused have their rows in its last table
+                with contextlib.suppress(Exception):
+                    path = tracker.client.download_artifacts(
+                        self.parent_run_id, names.TABLE_ARTIFACT, scratch
+                    )
+                    sources.append(table.read_table(Path(path)))
+            ids = [run.info.run_id for run in runs]
+            rows, missing = table.sweep_table(ids, sources)
+            by_id = {run.info.run_id: run for run in runs}
+            for run_id in missing:
+                rows.append(self._row_from_store(by_id[run_id], run_id in cut_short))
+            order = {run_id: i for i, run_id in enumerate(ids)}
+            rows.sort(key=lambda row: order[row["run_id"]])
+            path = Path(scratch) / names.TABLE_ARTIFACT
+            table.write_table(rows, path)
+            tracker.client.log_artifact(self.parent_run_id, str(path))
+
+    def _row_from_store(self, run: Run, cut_short: bool) -> dict:
+        from gdexp import table
+
+        status = "KILLED" if cut_short else run.info.status
+        histories = {}
+        if status == "FINISHED":
+            for key in table.HISTORY_COLUMNS:
+                points = self.tracker.client.get_metric_history(run.info.run_id, key)
+                histories[key] = [p.value for p in sorted(points, key=lambda p: p.step)]
+        return table.record_row(
+            run.info.run_id, status, run.data.params, run.data.metrics,
+            run.data.tags.get(names.OUTCOME_TAG), histories,
+        )  # fmt: skip
 
     def _tally(self, children: Sequence[Run], cut_short: set[str], objective: str) -> Tally:
         by_config: dict[str, list[Run]] = {}

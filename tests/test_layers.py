@@ -19,6 +19,7 @@ RANKS = {
     "gdexp.theory": 4,  # computing from data alone, never from runs
     "gdexp.store": 5,
     "gdexp.record": 5,
+    "gdexp.table": 5,
     "gdexp.run": 6,
     "gdexp.sweep": 7,
     "gdexp.__main__": 8,
