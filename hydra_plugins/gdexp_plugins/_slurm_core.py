@@ -8,6 +8,7 @@ it (tests/test_slurm.py runs this against a live cluster, so a change there fail
 """
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,13 @@ def launch(
         returns[index] = result  # a task runs one job: its JobReturn
 
     def failed(index: int, error: Exception) -> None:
-        ret = JobReturn(overrides=list(job_overrides[index]), task_name=config.hydra.job.name)
+        # What Hydra's own launchers give a job that never reported: no config or hydra node
+        # came back from the task; where it was launched from did.
+        ret = JobReturn(
+            overrides=list(job_overrides[index]),
+            task_name=config.hydra.job.name,
+            working_dir=os.getcwd(),
+        )
         ret.status, ret.return_value = JobStatus.FAILED, error
         returns[index] = ret
 
