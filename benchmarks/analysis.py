@@ -1,6 +1,7 @@
 """How long `python -m gdexp.analysis` takes on a sweep of 195 and of ~1,000 runs.
 
     python benchmarks/analysis.py [--repeat 3] [--stores DIR] [--baseline PATH] [--quick]
+                                  [--source auto|table|runs]
 
 Builds two stores with gdexp itself (the batched launcher, epoch metrics only), each in a folder
 of its own: the predefined step_sizes sweep (bgd, sgd, minibatch x 13 step sizes x 5 seeds = 195
@@ -14,9 +15,13 @@ Then, side by side on each store:
   system: far less sensitive to other load on the machine), each the median of `--repeat`
   runs; with `--baseline PATH` the same command with PYTHONPATH=PATH (another checkout of
   gdexp, e.g. a `git worktree` of an older commit), and the ratios of the two;
-- where the time goes, in one fresh process: imports, loading the runs (`load_runs`) and their
-  histories (`load_histories`: loss, w, b), theory (`theory_table`), each figure built and saved,
-  the summary table and report text.
+- where the time goes, in one fresh process: imports, opening the store, loading the runs
+  (`load_runs`) and their histories (`load_histories`: loss, w, b), theory (`theory_table`),
+  each figure built and saved, the summary table and report text.
+
+`--source` says where the current checkout reads the sweeps from (gdexp.analysis.load): auto,
+the sweep's table (results.parquet on its parent run) when it has one; table; or runs, MLflow's
+runs and metric histories through its public API. The baseline is run as it is.
 
 The machine is shared and its timings noisy: compare rows of one run of this script, not
 numbers from different runs.
@@ -43,13 +48,16 @@ QUICK_SWEEP = ["method=bgd,sgd,minibatch", "step_size=0.01,0.1,1.0", "seed=range
 # Runs in a fresh interpreter inside the store's folder; prints one JSON line of phase timings.
 PHASES = r"""
 import json, sys, tempfile, time
+source = sys.argv[1]
 marks = {}
 start = time.perf_counter()
 from gdexp.analysis import figures, load_histories, load_runs, report, theory_table
+from gdexp.analysis.load import open_store
 marks["imports"] = time.perf_counter() - start
-t = time.perf_counter(); runs = load_runs(sweep="latest")
+t = time.perf_counter(); open_store(None); marks["open store"] = time.perf_counter() - t
+t = time.perf_counter(); runs = load_runs(sweep="latest", source=source)
 marks["load_runs"] = time.perf_counter() - t
-t = time.perf_counter(); histories = load_histories(runs, keys=("loss", "w", "b"))
+t = time.perf_counter(); histories = load_histories(runs, keys=("loss", "w", "b"), source=source)
 marks["load_histories"] = time.perf_counter() - t
 t = time.perf_counter(); theory = theory_table(runs); marks["theory"] = time.perf_counter() - t
 folder = tempfile.mkdtemp()
@@ -94,13 +102,17 @@ def build_store(folder: Path, overrides: list[str]) -> None:
     print(f"  built {folder}/mlflow.db in {time.perf_counter() - start:.1f} s")
 
 
-def end_to_end(folder: Path, repeat: int, pythonpath: str | None = None) -> tuple[float, float]:
+def end_to_end(
+    folder: Path, repeat: int, pythonpath: str | None = None, source: str = "auto"
+) -> tuple[float, float]:
     """Median wall time and median CPU time (user + system) of `python -m gdexp.analysis` in the
     store's folder. CPU time hardly depends on what else the machine runs; wall time does."""
     walls, cpus = [], []
     for i in range(repeat):
         out = folder / f"report-{'baseline' if pythonpath else 'current'}-{i}"
         command = [sys.executable, "-m", "gdexp.analysis", "--out", str(out)]
+        if source != "auto":  # a baseline checkout may not know --source
+            command += ["--source", source]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(
@@ -114,9 +126,13 @@ def end_to_end(folder: Path, repeat: int, pythonpath: str | None = None) -> tupl
     return statistics.median(walls), statistics.median(cpus)
 
 
-def phases(folder: Path) -> dict[str, float]:
+def phases(folder: Path, source: str) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", PHASES], cwd=folder, env=gdexp_env(), capture_output=True, text=True
+        [sys.executable, "-c", PHASES, source],
+        cwd=folder,
+        env=gdexp_env(),
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"timing the phases failed:\n{done.stderr[-3000:]}")
@@ -129,6 +145,9 @@ def main() -> None:
     parser.add_argument("--stores", type=Path, help="keep the stores here and reuse them")
     parser.add_argument("--baseline", help="PYTHONPATH of a gdexp checkout to compare against")
     parser.add_argument("--quick", action="store_true", help="36 runs instead of 1,020")
+    parser.add_argument(
+        "--source", choices=("auto", "table", "runs"), default="auto", help="(auto)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,8 +168,8 @@ def main() -> None:
         print(header + f" {'loading s':>10} {'theory s':>9} {'figures s':>10}")
         rows = []
         for name, (folder, _) in stores.items():
-            marks = phases(folder)
-            current, current_cpu = end_to_end(folder, args.repeat)
+            marks = phases(folder, args.source)
+            current, current_cpu = end_to_end(folder, args.repeat, source=args.source)
             line = f"  {name:<11} {int(marks['runs']):>5} {current:>10.2f} {current_cpu:>8.2f}"
             if args.baseline:
                 baseline, baseline_cpu = end_to_end(folder, args.repeat, args.baseline)
@@ -158,7 +177,7 @@ def main() -> None:
                     f" {baseline:>11.2f} {baseline_cpu:>8.2f} {baseline / current:>8.1f}x"
                     f" {baseline_cpu / current_cpu:>5.1f}x"
                 )
-            loading = marks["load_runs"] + marks["load_histories"]
+            loading = marks["open store"] + marks["load_runs"] + marks["load_histories"]
             drawing = marks["loss_curves"] + marks["step_size_map"] + marks["parameter_path"]
             print(line + f" {loading:>10.2f} {marks['theory']:>9.2f} {drawing:>10.2f}")
             rows.append((name, marks))
@@ -170,6 +189,8 @@ def main() -> None:
             print("  " + f"{key:<18}" + "".join(f"{marks[key]:>12.2f}" for _, marks in rows))
         total = [sum(v for k, v in marks.items() if k != "runs") for _, marks in rows]
         print("  " + f"{'total':<18}" + "".join(f"{t:>12.2f}" for t in total))
+        after = [t - marks["imports"] for t, (_, marks) in zip(total, rows, strict=True)]
+        print("  " + f"{'after imports':<18}" + "".join(f"{t:>12.2f}" for t in after))
 
 
 if __name__ == "__main__":

@@ -274,6 +274,10 @@ class Sweep:
                 rows.append(self._row_from_store(by_id[run_id], run_id in cut_short))
             order = {run_id: i for i, run_id in enumerate(ids)}
             rows.sort(key=lambda row: order[row["run_id"]])
+            for row in rows:  # what MLflow knows of each run: the same in every source
+                info = by_id[row["run_id"]].info
+                row.update(run_name=info.run_name, parent_run_id=self.parent_run_id,
+                           start_time=info.start_time)  # fmt: skip
             path = Path(scratch) / names.TABLE_ARTIFACT
             table.write_table(rows, path)
             tracker.client.log_artifact(self.parent_run_id, str(path))

@@ -66,6 +66,9 @@ RESULT_COLUMNS: dict[str, str] = {
 HISTORY_COLUMNS = ("loss", "w", "b")
 COLUMNS: dict[str, str] = {
     "run_id": "string",  # null for a config without a run of its own (a table sweep)
+    "run_name": "string",
+    "parent_run_id": "string",  # the sweep's parent run
+    "start_time": "int64",  # when the run started, ms since the epoch (MLflow's clock)
     "status": "string",  # MLflow's: FINISHED, FAILED or KILLED (results only when FINISHED)
     **CONFIG_COLUMNS,
     **RESULT_COLUMNS,
@@ -113,6 +116,9 @@ def run_row(
     diverged = summary.diverged_at_epoch
     return {
         "run_id": run_id,
+        "run_name": None,  # the run's info: filled in when the sweep gathers its rows
+        "parent_run_id": None,
+        "start_time": None,
         "status": "FINISHED",
         **config_row(cfg),
         "initial_loss": float(summary.initial_loss),
@@ -202,6 +208,9 @@ def record_row(
     final_loss = metrics.get("final_loss", math.inf if finished or diverged is not None else None)
     return {
         "run_id": run_id,
+        "run_name": None,
+        "parent_run_id": None,
+        "start_time": None,
         "status": status,
         "method": params.get("method.name"),
         "batch_size": effective_batch_size(number("method.batch_size", int), n_points),

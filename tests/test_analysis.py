@@ -9,6 +9,7 @@ every legend entry must stand for drawn data, and no two texts may overlap.
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import clean_env
 from matplotlib.collections import PathCollection
@@ -25,11 +28,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.markers import MarkerStyle
 from matplotlib.text import Text
-from mlflow.entities import Param, Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 from gdexp import theory
 from gdexp.analysis import (
+    AnalysisError,
     ExperimentNotFound,
     NoRuns,
     StoreNotFound,
@@ -48,6 +52,7 @@ from gdexp.analysis import load as load_module
 from gdexp.analysis.figures import DIVERGED_TOP, THEORY_SGD_LABEL, legend_groups
 from gdexp.analysis.report import AGREES, format_radius, main, summary_table
 from gdexp.data import least_squares_fit, make_run_data
+from gdexp.names import TABLE_ARTIFACT
 from gdexp.outcome import OUTCOMES
 
 pytestmark = pytest.mark.slow
@@ -197,14 +202,15 @@ def test_every_outcome_of_the_vocabulary_occurs_in_the_lab(runs: pd.DataFrame):
     assert set(runs["outcome"]) == set(OUTCOMES)
 
 
-def test_sql_and_api_reading_give_the_same_frames(lab: Lab, runs, histories, monkeypatch):
-    monkeypatch.setattr(load_module, "_engine", lambda client: None)  # MLflow's API only
-    through_api = load_runs(sweep="latest", tracking_uri=lab.uri)
+def test_a_sweep_loads_from_its_table_and_everything_else_from_its_runs(lab: Lab, runs):
+    assert runs.attrs["source"] == "table"  # the main sweep ended and has results.parquet
+    through_api = load_runs(sweep="latest", tracking_uri=lab.uri, source="runs")
     pd.testing.assert_frame_equal(through_api, runs)
-    assert through_api.attrs == runs.attrs
-    everything = load_runs(tracking_uri=lab.uri)
-    monkeypatch.undo()
-    pd.testing.assert_frame_equal(load_runs(tracking_uri=lab.uri), everything)
+    assert through_api.attrs == {**runs.attrs, "source": "runs"}
+    everything = load_runs(tracking_uri=lab.uri)  # not one sweep: no table to read
+    assert everything.attrs["source"] == "runs"
+    with pytest.raises(AnalysisError, match="Only a sweep has a table"):
+        load_runs(tracking_uri=lab.uri, source="table")
 
 
 def test_sweeps_are_selected_by_id_name_or_latest(lab: Lab, runs: pd.DataFrame):
@@ -248,17 +254,20 @@ def test_histories_are_complete_and_match_mlflow(lab: Lab, runs, histories):
     assert list(zip(got["step"], got["value"], strict=True)) == expected
 
 
-def test_sql_bulk_and_per_run_loading_agree(lab: Lab, runs, histories, monkeypatch):
-    per_run = load_histories(runs, keys=("loss", "w", "b"), bulk=False)
+def test_histories_from_the_table_and_from_mlflow_agree(lab: Lab, runs, histories, monkeypatch):
+    per_run = load_histories(runs, keys=("loss", "w", "b"), source="runs")
     pd.testing.assert_frame_equal(per_run, histories)
-    bulk = load_histories(runs, keys=("loss", "w", "b"), bulk=True)
-    pd.testing.assert_frame_equal(bulk, histories)
-    monkeypatch.setattr(load_module, "_BULK_CHUNK", 5)  # 16 runs: queries of 5, 5, 5 and 1
-    pd.testing.assert_frame_equal(load_histories(runs, keys=("loss", "w", "b")), histories)
-    pd.testing.assert_frame_equal(load_runs(sweep="latest", tracking_uri=lab.uri), runs)
+    # A frame whose table this process has not read (e.g. unpickled) downloads it again.
+    monkeypatch.setattr(load_module, "_TABLES", {})
+    again = load_histories(runs, keys=("loss", "w", "b"), source="table")
+    pd.testing.assert_frame_equal(again, histories)
+    # Run ids alone: read from the table this process holds.
     ids = list(runs["run_id"][:3])
-    from_ids = load_histories(ids, keys="loss", tracking_uri=lab.uri)
+    from_ids = load_histories(ids, keys="loss", tracking_uri=lab.uri, source="table")
     assert set(from_ids["run_id"]) == set(ids) and set(from_ids["key"]) == {"loss"}
+    pd.testing.assert_frame_equal(
+        from_ids, load_histories(ids, keys="loss", tracking_uri=lab.uri, source="runs")
+    )
 
 
 def test_run_config_rebuilds_each_runs_own_data(runs: pd.DataFrame):
@@ -285,6 +294,201 @@ def test_a_failed_run_loads_without_results(store, lab: Lab, runs):
     (summary,) = summary_table(failed, theory_table(failed)).itertuples()
     assert (summary.runs, summary.failed, summary.theory_agrees) == (1, 1, 0)
     assert all(getattr(summary, outcome) == 0 for outcome in OUTCOMES)
+
+
+def test_a_sweep_without_a_table_loads_from_its_runs(store, lab: Lab):
+    # A sweep as gdexp logged one before sweeps kept a table: a parent and one child with
+    # gdexp's params, metrics and loss history (copied from a lab run), no results.parquet.
+    source = lab.children(lab.main)[0]
+    client = store.client
+    experiment_id = client.create_experiment("gdexp")
+    parent = client.create_run(experiment_id, tags={"gdexp.kind": "sweep"}, run_name="older")
+    child = client.create_run(
+        experiment_id,
+        tags={"mlflow.parentRunId": parent.info.run_id, "outcome": source.data.tags["outcome"]},
+        run_name=source.info.run_name,
+    ).info.run_id
+    history = lab.client.get_metric_history(source.info.run_id, "loss")
+    client.log_batch(
+        child,
+        metrics=[Metric(k, v, 0, 0) for k, v in source.data.metrics.items() if k != "loss"]
+        + [Metric("loss", m.value, m.timestamp, m.step) for m in history],
+        params=[Param(k, v) for k, v in source.data.params.items()],
+    )
+    client.set_terminated(child, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+    runs = load_runs(sweep="latest", tracking_uri=store.uri)
+    assert runs.attrs["source"] == "runs" and list(runs["run_id"]) == [child]
+    assert runs["outcome"].item() == source.data.tags["outcome"]
+    loss = load_histories(runs)
+    assert list(zip(loss["step"], loss["value"], strict=True)) == [
+        (m.step, m.value) for m in sorted(history, key=lambda m: m.step)
+    ]
+    with pytest.raises(AnalysisError, match=r"results\.parquet"):
+        load_runs(sweep="latest", tracking_uri=store.uri, source="table")
+
+
+# --- one grid, read from its table and from its runs ------------------------------------------
+
+# Step losses logged (not in the table: they come from MLflow beside it); step size 1 blows up,
+# so the table holds non-finite points that MLflow never got.
+GRID = ("-m", "method=bgd,sgd", "step_size=0.01,0.1,1", "seed=0,1", "epochs=5")
+N_GRID = 12
+
+
+@dataclass
+class Grid:
+    folder: Path
+    uri: str
+    client: MlflowClient
+    parent: Run
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
+    folder = tmp_path_factory.mktemp("grid")
+    result = run_module(folder, "gdexp", *GRID)
+    assert result.returncode == 0, result.stderr
+    uri = f"sqlite:///{folder}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("gdexp").experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.`gdexp.kind` = 'sweep'")
+    return Grid(folder, uri, client, parent)
+
+
+def grid_table(grid: Grid, folder: Path) -> pa.Table:
+    path = grid.client.download_artifacts(grid.parent.info.run_id, TABLE_ARTIFACT, str(folder))
+    return pq.read_table(path)
+
+
+def test_a_grid_loads_the_same_from_its_table_and_from_its_runs(grid: Grid, tmp_path: Path):
+    from_table = load_runs(sweep="latest", tracking_uri=grid.uri, source="table")
+    from_runs = load_runs(sweep="latest", tracking_uri=grid.uri, source="runs")
+    pd.testing.assert_frame_equal(from_table, from_runs, check_exact=True)
+    assert len(from_table) == N_GRID and from_table.attrs["source"] == "table"
+    assert np.isposinf(from_table["final_loss"]).sum() >= 2  # the rule for what MLflow lacks
+
+    # The table keeps what MLflow never logged (SGD at 1 turns w and b NaN in its first epoch);
+    # loading leaves it out.
+    keys = ("loss", "w", "b")
+    table = grid_table(grid, tmp_path)
+    assert any(not np.isfinite(v) for k in keys for row in table.column(k).to_pylist() for v in row)
+    pd.testing.assert_frame_equal(
+        load_histories(from_table, keys=keys),  # auto: the frame's table
+        load_histories(from_runs, keys=keys),  # auto: the frame's runs, get_metric_history
+        check_exact=True,
+    )
+    # step_loss is not in the table: it comes from MLflow, beside the table's loss.
+    mixed = load_histories(from_table, keys=("step_loss", "loss"))
+    assert set(mixed["key"]) == {"step_loss", "loss"}
+    first = mixed[mixed["run_id"] == from_table["run_id"].iloc[0]]
+    assert list(first["key"].drop_duplicates()) == ["step_loss", "loss"]  # in `keys` order
+    pd.testing.assert_frame_equal(
+        mixed, load_histories(from_runs, keys=("step_loss", "loss"), source="runs")
+    )
+    pd.testing.assert_frame_equal(
+        summary_table(from_table), summary_table(from_runs), check_exact=True
+    )
+
+
+def test_a_grids_report_is_the_same_from_its_table_and_from_its_runs(grid: Grid):
+    reports = {}
+    for source in ("table", "runs"):
+        out = grid.folder / f"report-{source}"
+        result = run_module(
+            grid.folder, "gdexp.analysis", "--source", source, "--no-mlflow", "--out", str(out)
+        )
+        assert result.returncode == 0, result.stderr
+        reports[source] = out
+    for name in sorted(REPORT_FILES):  # the numbers, the words and the figures, byte for byte
+        table, runs = (reports[s] / name for s in ("table", "runs"))
+        assert table.read_bytes() == runs.read_bytes(), name
+
+
+def test_a_table_that_names_its_runs_gives_the_same_frame(grid: Grid, tmp_path: Path):
+    # The sweep's table carries its runs' names, parents and start times (load._INFO_COLUMNS):
+    # it is read without searching the runs, into the same frame as the runs give.
+    table = grid_table(grid, tmp_path / "table")
+    children = {
+        r.info.run_id: r
+        for r in grid.client.search_runs(
+            [grid.parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{grid.parent.info.run_id}'",
+        )
+    }
+    for row in table.to_pylist():
+        info = children[row["run_id"]].info
+        assert (row["run_name"], row["start_time"]) == (info.run_name, info.start_time)
+        assert row["parent_run_id"] == grid.parent.info.run_id
+    from_table = load_runs(sweep="latest", tracking_uri=grid.uri, source="table")
+    assert load_module._TABLES[(grid.uri, grid.parent.info.run_id)].has_info
+    from_runs = load_runs(sweep="latest", tracking_uri=grid.uri, source="runs")
+    pd.testing.assert_frame_equal(from_table, from_runs, check_exact=True)
+
+
+# --- MLflow's public API only -----------------------------------------------------------------
+
+ANALYSIS_FOLDER = Path(load_module.__file__).parent
+# What load.py did before it read sweeps from their tables: each must be caught.
+PRIVATE_READS = (
+    'getattr(getattr(client, "_tracking_client", None), "store", None)',
+    "client._tracking_client.store.get_metric_history_bulk(run_ids, 'loss')",
+    "from sqlalchemy import column, table",
+    "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore",
+    "client.get_metric_history_bulk(run_ids, 'loss')",
+    "import sqlalchemy.orm",
+)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_mlflow_uses(source: str) -> list[str]:
+    """What `source` does beyond MLflow's public API: SQLAlchemy or MLflow's store and server
+    modules imported, any private name imported from MLflow or reached as an attribute (or
+    through getattr), and any method called on a `client` that MlflowClient does not offer."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules += [alias.name for alias in node.names if isinstance(node, ast.Import)]
+            for module in modules:
+                if module.split(".")[0] == "sqlalchemy" or module.startswith(
+                    ("mlflow.store", "mlflow.server")
+                ):
+                    found.append(f"import {module}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlflow"):
+                found += [f"import {a.name}" for a in node.names if _private(a.name)]
+        elif isinstance(node, ast.Attribute):
+            if _private(node.attr):
+                found.append(f".{node.attr}")
+            elif (
+                isinstance(node.value, ast.Name)
+                and node.value.id == "client"
+                and not hasattr(MlflowClient, node.attr)
+            ):
+                found.append(f"client.{node.attr}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and _private(str(node.args[1].value))
+        ):
+            found.append(f"{node.func.id}(..., {node.args[1].value!r})")
+    return found
+
+
+def test_loading_touches_no_private_mlflow_api():
+    files = sorted(ANALYSIS_FOLDER.glob("*.py"))
+    assert {"load.py", "report.py"} <= {f.name for f in files}
+    for path in files:
+        assert private_mlflow_uses(path.read_text()) == [], path.name
+    for excerpt in PRIVATE_READS:  # the check catches what the SQL reading did
+        assert private_mlflow_uses(excerpt), excerpt
 
 
 # --- errors -----------------------------------------------------------------------------------

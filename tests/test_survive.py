@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO, clean_env
 
@@ -311,11 +312,15 @@ def test_a_500_run_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
-    runs = load_runs(sweep="latest", tracking_uri=store.uri)
+    # What MLflow received (read from the runs), and the sweep's table agrees with it.
+    runs = load_runs(sweep="latest", tracking_uri=store.uri, source="runs")
     assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
-    histories = load_histories(runs, keys=("loss", "w", "b"))
+    histories = load_histories(runs, keys=("loss", "w", "b"), source="runs")
     assert len(histories) == 500 * 5 * 3
     assert histories.groupby(["run_id", "key"]).size().eq(5).all()
+    tabled = load_runs(sweep="latest", tracking_uri=store.uri, source="table")
+    pd.testing.assert_frame_equal(tabled, runs)
+    pd.testing.assert_frame_equal(load_histories(tabled, keys=("loss", "w", "b")), histories)
 
 
 def finished_children(uri: str) -> list:
@@ -407,11 +412,17 @@ def test_a_500_run_parallel_sweep_through_a_server_loses_no_run_and_no_point(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
-    runs = load_runs("five_hundred", sweep="latest", tracking_uri=mlflow_server.url)
+    # What the server received (read from the runs), and the sweep's table agrees with it.
+    uri = mlflow_server.url
+    runs = load_runs("five_hundred", sweep="latest", tracking_uri=uri, source="runs")
     assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
-    histories = load_histories(runs, keys=("loss", "w", "b"), tracking_uri=mlflow_server.url)
+    histories = load_histories(runs, keys=("loss", "w", "b"), tracking_uri=uri, source="runs")
     assert len(histories) == 500 * 5 * 3
     assert histories.groupby(["run_id", "key"]).size().eq(5).all()
+    tabled = load_runs("five_hundred", sweep="latest", tracking_uri=uri, source="table")
+    pd.testing.assert_frame_equal(tabled, runs)
+    tabled_histories = load_histories(tabled, keys=("loss", "w", "b"), tracking_uri=uri)
+    pd.testing.assert_frame_equal(tabled_histories, histories)
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("five_hundred")
     assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == 501

@@ -31,7 +31,8 @@ def sweep_tables(store) -> dict[str, tuple[object, pd.DataFrame]]:
 
 def test_the_schema_is_typed_and_a_row_round_trips(tmp_path):
     row = {
-        "run_id": "abc", "status": "FINISHED", "method": "sgd", "batch_size": 1,
+        "run_id": "abc", "run_name": "sgd lr=0.1 seed=3", "parent_run_id": "p",
+        "start_time": 1_764_000_000_000, "status": "FINISHED", "method": "sgd", "batch_size": 1,
         "shuffle": False, "step_size": 0.1, "seed": 3, "epochs": 3, "dtype": "float32",
         "device": "cpu", "convergence_tolerance": 1e-3, "n_points": 100, "x_start": -5.0,
         "x_step": 0.1, "slope": -5.0, "intercept": 0.0, "noise_std": 0.4, "init_w": -10.0,
@@ -108,6 +109,13 @@ def test_a_resumed_sweeps_table_has_every_config_once(store):
     assert again.final_loss == reused.final_loss and list(again.loss) == list(reused.loss)
 
 
+# Columns that differ between two runs of different seeds (identity, data, what they did).
+RESULTS_OF_THE_RUN = (
+    *("run_id", "run_name", "start_time", "seed", "initial_loss", "final_loss"),
+    *("final_w", "final_b", "optimal_loss", "outcome", "loss", "w", "b"),
+)
+
+
 def test_a_run_that_left_no_row_is_read_back_from_the_store(store, tmp_path):
     # Its process died before writing its row: the sweep reads it through MLflow's API, to the
     # same row the run would have written.
@@ -133,8 +141,7 @@ def test_a_run_that_left_no_row_is_read_back_from_the_store(store, tmp_path):
     assert sorted(frame.seed) == [0, 1]
     written, read_back = (frame[frame.seed == s].iloc[0] for s in (0, 1))
     for column in table.COLUMNS:
-        if column in ("run_id", "seed", "initial_loss", "final_loss", "final_w", "final_b",
-                      "optimal_loss", "outcome", "loss", "w", "b"):  # fmt: skip
+        if column in RESULTS_OF_THE_RUN:
             continue
         same = written[column] == read_back[column]
         assert same or (pd.isna(written[column]) and pd.isna(read_back[column])), column

@@ -4,7 +4,9 @@
     runs = load_runs(sweep="latest")
     loss_curves(runs, load_histories(runs)).savefig("loss.png")
 
-`python -m gdexp.analysis` writes the whole report (see gdexp.analysis.report).
+A sweep is read from its table (results.parquet on its parent run) in one download, anything
+else through MLflow's public API (gdexp.analysis.load). `python -m gdexp.analysis` writes the
+whole report (see gdexp.analysis.report).
 """
 
 from gdexp.analysis.figures import loss_curves, parameter_path, step_size_map

@@ -1,5 +1,6 @@
 """`python -m gdexp.analysis [--experiment NAME] [--sweep ID|NAME|latest|all] [--out DIR]
-[--tracking-uri URI] [--no-mlflow]`: the report of a sweep (see gdexp.analysis.report)."""
+[--tracking-uri URI] [--source auto|table|runs] [--no-mlflow]`: the report of a sweep (see
+gdexp.analysis.report)."""
 
 import sys
 

@@ -5,9 +5,14 @@
 by default `gdexp.store.resolve_tracking_uri(None)`, i.e. $MLFLOW_TRACKING_URI or
 sqlite:///<cwd>/mlflow.db.
 
-A SQL store (SQLite, PostgreSQL) is read straight from MLflow's tables, a few queries per 500
-runs; other stores (REST, file) through MLflow's API, histories run by run on a thread pool. See
-benchmarks/load_histories.py and benchmarks/analysis.py for what that buys.
+A sweep is read from its table (gdexp.table: `results.parquet` on its parent run, a typed row per
+config with its loss, w and b per epoch) in one artifact download and one search for its runs'
+names and start times, the same on SQLite, PostgreSQL and an `mlflow server`. Everything else (a
+sweep without a table, a sweep still running, every run of an experiment, metrics the table does
+not hold such as step_loss) goes through MLflow's public API: `search_runs` page by page, and
+`get_metric_history` run by run on a thread pool. gdexp reads no MLflow table directly and
+touches no private attribute of MLflow. See benchmarks/load_histories.py and
+benchmarks/analysis.py for the timings.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,8 +48,13 @@ from gdexp.names import (
     SWEEP_DIR_TAG,
     SWEEP_KIND,
     SWEEP_RUNS_ARTIFACT,
+    TABLE_ARTIFACT,
 )
 from gdexp.store import resolve_tracking_uri
+from gdexp.table import HISTORY_COLUMNS as TABLE_HISTORIES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +92,8 @@ RUN_COLUMNS: dict[str, str] = {
     "start_time": "datetime64[ms, UTC]",
 }
 
-# Run column -> MLflow param it comes from (all but batch_size, which needs n_points too).
+# Run column -> MLflow param it comes from (all but batch_size, which needs n_points too); a
+# sweep's table (gdexp.table) has a column of the same name for each.
 _PARAM_COLUMNS = {
     "method": "method.name",
     "step_size": "step_size",
@@ -102,7 +114,19 @@ _PARAM_COLUMNS = {
 _REQUIRED_PARAMS = ("method.name", "step_size", "seed", "epochs", "data.n_points")
 
 HISTORY_COLUMNS = ("run_id", "key", "step", "value")
-_BULK_CHUNK = 500  # run ids per bulk query: well under SQLite's limit on bound variables
+# The step of a table history's first point, as gdexp.record.result_metrics logs it to MLflow:
+# loss at step k is measured after k epochs (k = 0, 1, ...), w and b after epochs 1, 2, ...
+_FIRST_STEP = {"loss": 0, "w": 1, "b": 1}
+_IDS_PER_SEARCH = 100  # run ids per `attributes.run_id IN (...)` filter
+# What a sweep's table may say of each run beside gdexp.table.COLUMNS, as MLflow does: its run
+# name, its parent's run id and its start time (int64, ms since the epoch). A table without
+# them costs a search for its runs (~1 s per 1,000 runs on SQLite).
+_INFO_COLUMNS = ("run_name", "parent_run_id", "start_time")
+
+# Where `load_runs` / `load_histories` read from: "table" a sweep's table (gdexp.table), "runs"
+# MLflow's runs and metric histories, "auto" the table when the sweep has one.
+Source = Literal["auto", "table", "runs"]
+SOURCES = ("auto", "table", "runs")
 
 
 class AnalysisError(Exception):
@@ -156,21 +180,37 @@ def get_experiment_id(client: MlflowClient, experiment: str) -> str:
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+    """Every active run the filter selects, latest first, page by page."""
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=10_000,
-            order_by=["attributes.start_time DESC"],
-            page_token=token,
-        )
+        with _gc_paused():
+            page = client.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=10_000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
         runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection while a SQL store builds an ORM object per param, tag and metric
+    of every run found (50,000 for 1,000 runs), none of them garbage: the collector's passes
+    over them cost as much as the search itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _sweep_filter() -> str:
@@ -221,7 +261,7 @@ _KINDS = {"object": str, "float64": float, "int64": int, "bool": bool}
 
 @dataclass(frozen=True)
 class _Record:
-    """What `load_runs` reads of a run, from MLflow's API or straight from its SQL tables."""
+    """What `load_runs` reads of a run from MLflow."""
 
     run_id: str
     run_name: str | None
@@ -256,15 +296,8 @@ def _row(run: _Record) -> dict[str, Any] | None:
     n = row["n_points"]
     batch = _number(params.get("method.batch_size"), int)
     row["batch_size"] = min(batch or n, n)
-    for key in FINAL_METRICS:
-        row[key] = metrics.get(key, math.nan)
     diverged_at = metrics.get(DIVERGED_AT_METRIC)
-    row["diverged_at_epoch"] = None if diverged_at is None else int(diverged_at)
-    # Non-finite values are never logged: a run that finished with an initial loss but without a
-    # final loss (or that turned non-finite on the way) ended with an infinite one.
-    ended = run.status == "FINISHED" and "initial_loss" in metrics
-    if "final_loss" not in metrics and (diverged_at is not None or ended):
-        row["final_loss"] = math.inf
+    row.update(_finals(run.status, metrics, None if diverged_at is None else int(diverged_at)))
     row["start_time"] = run.start_time
     return row
 
@@ -281,6 +314,12 @@ def runs_frame(runs: Iterable[Run | _Record]) -> pd.DataFrame:
             rows.append(row)
     if skipped:
         log.warning("Left out %d runs without gdexp's config params: %s", len(skipped), skipped)
+    return _typed(rows)
+
+
+def _typed(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows as `load_runs`'s frame: its columns, dtypes and order, whichever source they came
+    from (so that the two sources give equal frames)."""
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     for column, dtype in RUN_COLUMNS.items():
         if column == "start_time":
@@ -289,153 +328,57 @@ def runs_frame(runs: Iterable[Run | _Record]) -> pd.DataFrame:
             frame[column] = frame[column].astype(object)
         else:
             frame[column] = frame[column].astype(dtype)
-    frame = frame.sort_values(["method", "step_size", "seed", "start_time"], kind="stable")
+    # The run id last: runs a batched launcher started in the same millisecond keep one order
+    # whichever source they came from (a table's order is the sweep's, a search's MLflow's).
+    frame = frame.sort_values(["method", "step_size", "seed", "start_time", "run_id"])
     return frame.reset_index(drop=True)
 
 
-# --- reading runs -----------------------------------------------------------------------------
-# A SQL store (SQLite, PostgreSQL, MySQL) is read straight from MLflow's tables in a few queries
-# per 500 runs: its search API builds ORM objects per param, tag and metric, ~1 ms a run. Any
-# other store (a server, a file store), or a SQL store whose tables are not as expected, is read
-# through MLflow's API.
+# --- reading runs through MLflow's API ---------------------------------------------------------
 
 
-def _engine(client: MlflowClient) -> Any:
-    return getattr(_store(client), "engine", None)
+def _children(client: MlflowClient, experiment_id: str, parent: Run) -> list[Run]:
+    return _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
 
 
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(ids), _BULK_CHUNK):
-        yield list(ids[start : start + _BULK_CHUNK])
-
-
-def _tables() -> dict[str, Any]:
-    """MLflow's tables, as far as they are read here (SQLAlchemy Core: quoted per dialect)."""
-    from sqlalchemy import column, table
-
-    def columns(*names: str) -> list:
-        return [column(name) for name in names]
-
-    return {
-        "runs": table(
-            "runs",
-            *columns("run_uuid", "name", "status", "start_time", "experiment_id"),
-            column("lifecycle_stage"),
-        ),
-        "params": table("params", *columns("run_uuid", "key", "value")),
-        "tags": table("tags", *columns("run_uuid", "key", "value")),
-        "latest_metrics": table("latest_metrics", *columns("run_uuid", "key", "value", "is_nan")),
-        "metrics": table(
-            "metrics", *columns("run_uuid", "key", "step", "value", "timestamp", "is_nan")
-        ),
-    }
-
-
-def _sql_run_ids(engine: Any, experiment_id: str, parent_id: str | None) -> list[str]:
-    """Active runs of the experiment: the children of `parent_id`, or with None every run that
-    is not a sweep parent."""
-    from sqlalchemy import and_, exists, select
-
-    t = _tables()
-    runs, tags = t["runs"], t["tags"]
-    active = and_(runs.c.experiment_id == int(experiment_id), runs.c.lifecycle_stage == "active")
-    if parent_id is None:
-        sweep = exists().where(
-            and_(
-                tags.c.run_uuid == runs.c.run_uuid,
-                tags.c.key == KIND_TAG,
-                tags.c.value == SWEEP_KIND,
-            )
-        )
-        query = select(runs.c.run_uuid).where(active, ~sweep)
-    else:
-        query = (
-            select(runs.c.run_uuid)
-            .join(tags, tags.c.run_uuid == runs.c.run_uuid)
-            .where(active, tags.c.key == PARENT_TAG, tags.c.value == parent_id)
-        )
-    with engine.connect() as connection:
-        return [row[0] for row in connection.execute(query)]
-
-
-def _sql_records(engine: Any, run_ids: Sequence[str]) -> list[_Record]:
-    """The runs `run_ids` that are active, with their params, tags and latest metrics."""
-    from sqlalchemy import select
-
-    t = _tables()
-    runs = t["runs"]
-    records = []
-    with engine.connect() as connection:
-        for ids in _chunks(run_ids):
-            found: dict[str, tuple[dict, dict, dict]] = {}
-            rows = connection.execute(
-                select(runs.c.run_uuid, runs.c.name, runs.c.status, runs.c.start_time).where(
-                    runs.c.run_uuid.in_(ids), runs.c.lifecycle_stage == "active"
-                )
-            ).all()
-            for run_id, *_ in rows:
-                found[run_id] = ({}, {}, {})
-            for position, name in enumerate(("params", "latest_metrics", "tags")):
-                kv = t[name]
-                wanted = [kv.c.run_uuid, kv.c.key, kv.c.value]
-                if name == "latest_metrics":
-                    wanted.append(kv.c.is_nan)
-                for run_id, key, value, *nan in connection.execute(
-                    select(*wanted).where(kv.c.run_uuid.in_(ids))
-                ):
-                    if run_id not in found:
-                        continue
-                    if name == "latest_metrics":
-                        value = math.nan if nan[0] else float(value)
-                    found[run_id][position][key] = value
-            records += [
-                _Record(run_id, name, status, start, *found[run_id])
-                for run_id, name, status, start in rows
-            ]
-    return records
+def _runs_by_id(client: MlflowClient, experiment_id: str, run_ids: Sequence[str]) -> list[Run]:
+    """The active runs among `run_ids`, a search per 100 ids (a filter's length is bounded)."""
+    found: list[Run] = []
+    for start in range(0, len(run_ids), _IDS_PER_SEARCH):
+        ids = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + _IDS_PER_SEARCH])
+        found += _search_all(client, experiment_id, f"attributes.run_id IN ({ids})")
+    return found
 
 
 def _select_runs(client: MlflowClient, experiment_id: str, parent: Run | None) -> list[_Record]:
     """The runs `load_runs` selects, as records: every non-sweep run, or a sweep's runs (its
     children and the runs it reused, one per config)."""
-    engine = _engine(client)
-    if engine is not None:
-        try:
-            return _sql_select(client, engine, experiment_id, parent)
-        except Exception as error:  # MLflow's tables are not what we read: use its API
-            log.warning("Reading runs through MLflow's API: its tables did not answer (%s)", error)
     if parent is None:
         return [_Record.of(r) for r in _search_all(client, experiment_id) if not _is_sweep(r)]
-    children = [
-        _Record.of(r)
-        for r in _search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
-    ]
-    missing = _reused_ids(client, parent, {r.run_id for r in children})
-    reused = []
-    for start in range(0, len(missing), 100):
-        ids = ", ".join(f"'{run_id}'" for run_id in missing[start : start + 100])
-        reused += _search_all(client, experiment_id, f"attributes.run_id IN ({ids})")
-    return _one_per_config(children + [_Record.of(r) for r in reused])
+    children = _children(client, experiment_id, parent)
+    missing = _reused_ids(client, parent, {r.info.run_id for r in children})
+    reused = _runs_by_id(client, experiment_id, missing)
+    return _one_per_config([_Record.of(r) for r in children + reused])
 
 
-def _sql_select(
-    client: MlflowClient, engine: Any, experiment_id: str, parent: Run | None
-) -> list[_Record]:
-    if parent is None:
-        return _sql_records(engine, _sql_run_ids(engine, experiment_id, None))
-    children = _sql_run_ids(engine, experiment_id, parent.info.run_id)
-    missing = _reused_ids(client, parent, set(children))
-    return _one_per_config(_sql_records(engine, children + missing))
+def _read_artifact(client: MlflowClient, run_id: str, artifact: str, read: Any) -> Any:
+    """`read(path)` of a run's artifact, downloaded into a folder removed afterwards; None if
+    the run has no such artifact."""
+    with _quiet_downloads(), tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = client.download_artifacts(run_id, artifact, scratch)
+        except Exception:  # MLflow raises its own or an OSError, per artifact store
+            return None
+        return read(Path(path))
 
 
 def _reused_ids(client: MlflowClient, parent: Run, children: set[str]) -> list[str]:
     """Runs a resumed sweep reused from elsewhere in the experiment instead of running them
     again: listed in the parent's `sweep_runs.json`, not among its children."""
-    try:
-        with _quiet_downloads():
-            path = client.download_artifacts(parent.info.run_id, SWEEP_RUNS_ARTIFACT)
-        listed = json.loads(Path(path).read_text())
-    except Exception:  # an older or interrupted sweep has no list: its children are all it has
+    listed = _read_artifact(
+        client, parent.info.run_id, SWEEP_RUNS_ARTIFACT, lambda p: json.loads(p.read_text())
+    )
+    if not isinstance(listed, dict):  # an older or interrupted sweep: its children are all
         return []
     return sorted(set(listed.get("run_ids", [])) - children)
 
@@ -471,10 +414,161 @@ def _is_sweep(run: Run) -> bool:
     return run.data.tags.get(KIND_TAG) == SWEEP_KIND
 
 
+# --- reading a sweep from its table -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SweepTable:
+    """A sweep's table (gdexp.table) as downloaded: its rows without their histories, and the
+    histories in `load_histories`'s long form, as MLflow holds them (finite points only)."""
+
+    parent_run_id: str
+    rows: list[dict[str, Any]]
+    histories: pd.DataFrame
+    run_ids: frozenset[str]
+    has_info: bool  # the rows hold `_INFO_COLUMNS`: no run need be searched
+
+
+# (tracking uri, parent run id) -> the sweep's table as `load_runs` last downloaded it, so that
+# `load_histories` on its frame downloads nothing.
+_TABLES: dict[tuple[str, str], _SweepTable] = {}
+
+
+def _fetch_table(uri: str, client: MlflowClient, parent_run_id: str) -> _SweepTable | None:
+    """Download a sweep's table (None if it has none) and keep it for `load_histories`. Every
+    call downloads: a resumed sweep rewrites its table on the same parent."""
+    arrow = _read_artifact(client, parent_run_id, TABLE_ARTIFACT, _read_parquet)
+    if arrow is None:
+        _TABLES.pop((uri, parent_run_id), None)
+        return None
+    scalars = [c for c in arrow.column_names if c not in TABLE_HISTORIES]
+    every = arrow.select(scalars).to_pylist()
+    rows = [row for row in every if row.get("run_id")]
+    if len(rows) < len(every):  # histories are keyed by run id: such a config has no key yet
+        log.warning("Left out %d configs of the table without a run id", len(every) - len(rows))
+    found = _SweepTable(
+        parent_run_id,
+        rows,
+        _table_histories(arrow),
+        frozenset(r["run_id"] for r in rows),
+        has_info=set(_INFO_COLUMNS) <= set(arrow.column_names),
+    )
+    _TABLES[(uri, parent_run_id)] = found
+    return found
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    import pyarrow.parquet as pq  # only here: pyarrow costs its import only when a table is read
+
+    return pq.read_table(path)
+
+
+def _table_histories(arrow: pa.Table) -> pd.DataFrame:
+    """The table's list columns in long form, stepped as gdexp.record.result_metrics logs them
+    to MLflow (`_FIRST_STEP`), without the non-finite points MLflow never got: equal to what
+    `get_metric_history` gives for the same runs."""
+    import pyarrow.compute as pc
+
+    ids = np.asarray(arrow.column("run_id").to_pylist(), dtype=object)
+    parts = []
+    for key in TABLE_HISTORIES:
+        if key not in arrow.column_names:
+            continue
+        lists = arrow.column(key).combine_chunks()
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = lengths.astype(np.int64)
+        values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float64)
+        firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # each point's list start
+        steps = np.arange(len(values), dtype=np.int64) - firsts + _FIRST_STEP[key]
+        run_ids = np.repeat(ids, lengths)
+        keep = np.isfinite(values) & np.not_equal(run_ids, None)
+        parts.append(
+            pd.DataFrame(
+                {"run_id": run_ids[keep], "key": key, "step": steps[keep], "value": values[keep]}
+            )
+        )
+    return pd.concat(parts, ignore_index=True) if parts else _empty_history()
+
+
+def _finals(
+    status: str, metrics: Mapping[str, float], diverged_at: int | None
+) -> dict[str, float | int | None]:
+    """The final figures as `load_runs` gives them, from the finite ones (the only ones MLflow
+    holds): a missing figure is unknown (NaN), except that a run that finished with an initial
+    loss but without a final one, or that turned non-finite on the way, ended with an infinite
+    final loss."""
+    finals: dict[str, float | int | None] = {k: metrics.get(k, math.nan) for k in FINAL_METRICS}
+    finals["diverged_at_epoch"] = diverged_at
+    ended = status == "FINISHED" and "initial_loss" in metrics
+    if "final_loss" not in metrics and (diverged_at is not None or ended):
+        finals["final_loss"] = math.inf
+    return finals
+
+
+def _table_row(row: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row as `load_runs` gives it (its numbers the table's, typed already); its run's
+    name, parent and start time from `info` (`_INFO_COLUMNS`)."""
+    finite = {
+        key: float(row[key])
+        for key in FINAL_METRICS
+        if row.get(key) is not None and math.isfinite(row[key])
+    }
+    diverged_at = row.get("diverged_at_epoch")
+    return {
+        "run_id": row["run_id"],
+        "run_name": info["run_name"],
+        "parent_run_id": info["parent_run_id"],
+        "status": row["status"],
+        "outcome": row.get("outcome"),
+        **{column: row[column] for column in _PARAM_COLUMNS},
+        "batch_size": row["batch_size"],
+        **_finals(row["status"], finite, None if diverged_at is None else int(diverged_at)),
+        "start_time": info["start_time"],
+    }
+
+
+def _runs_of_table(
+    client: MlflowClient, experiment_id: str, parent: Run, table: _SweepTable
+) -> list[dict[str, Any]]:
+    """The table's rows with their runs' names, parents and start times: from the table when it
+    holds them (`_INFO_COLUMNS`), else from MLflow, one search for the parent's children and
+    one per 100 runs a resumed sweep reused from elsewhere; a row whose run was deleted since
+    is then left out, as reading the runs leaves it out."""
+    if table.has_info:
+        return [_table_row(row, row) for row in table.rows]
+    runs = {r.info.run_id: r for r in _children(client, experiment_id, parent)}
+    reused = [row["run_id"] for row in table.rows if row["run_id"] not in runs]
+    runs.update((r.info.run_id, r) for r in _runs_by_id(client, experiment_id, reused))
+    return [
+        _table_row(row, _info(runs[row["run_id"]])) for row in table.rows if row["run_id"] in runs
+    ]
+
+
+def _info(run: Run) -> dict[str, Any]:
+    return {
+        "run_name": run.info.run_name,
+        "parent_run_id": run.data.tags.get(PARENT_TAG),
+        "start_time": run.info.start_time,
+    }
+
+
+# --- load_runs ---------------------------------------------------------------------------------
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+
+
 def load_runs(
-    experiment: str = "gdexp", sweep: str | None = None, tracking_uri: str | None = None
+    experiment: str = "gdexp",
+    sweep: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    source: Source = "auto",
 ) -> pd.DataFrame:
-    """One row per run (columns and dtypes: `RUN_COLUMNS`).
+    """One row per run (columns and dtypes: `RUN_COLUMNS`), sorted by method, step size, seed,
+    start time and run id.
 
     `sweep` selects the runs of one sweep: its parent's run id, its run name, or "latest" (the
     most recently started sweep); they are the parent's children and the runs a resumed sweep
@@ -482,35 +576,67 @@ def load_runs(
     Raises an `AnalysisError` subclass when the store, experiment or sweep does not exist or
     holds no runs; the message lists what does exist.
 
-    `frame.attrs` records where the runs came from: tracking_uri, experiment, experiment_id and
-    sweep (None, or a dict with the parent's run_id, run_name, command and sweep_dir).
+    `source`: "auto" reads a sweep that has ended from its table (gdexp.table) when it has one,
+    anything else from MLflow's runs; "table" insists on the table, "runs" on MLflow's runs. The
+    two give equal frames.
+
+    `frame.attrs` records where the runs came from: tracking_uri, experiment, experiment_id,
+    sweep (None, or a dict with the parent's run_id, run_name, command, sweep_dir and status)
+    and source ("table" or "runs").
     """
+    _check_source(source)
     uri, client = open_store(tracking_uri)
     experiment_id = get_experiment_id(client, experiment)
     parent = None if sweep is None else find_sweep(client, experiment_id, sweep)
-    found = _select_runs(client, experiment_id, parent)
-    if not found and parent is None:
-        raise NoRuns(f"Experiment {experiment!r} holds no runs yet.")
-    if not found:
-        others = [
-            p
-            for p in _search_all(client, experiment_id, _sweep_filter())
-            if p.info.run_id != parent.info.run_id
-        ]
-        raise NoRuns(
-            f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
-            f"{_describe_sweeps(others, other=True)}."
-        )
-    frame = runs_frame(found)
-    if frame.empty:
-        raise NoRuns(f"None of the {len(found)} runs selected has gdexp's config params.")
+    if source == "table" and parent is None:
+        raise AnalysisError("Only a sweep has a table: name one (--sweep ID|NAME|latest).")
+    table = None
+    # A sweep still running has no table yet, or an earlier attempt's: read its runs.
+    if parent is not None and (source == "table" or (source == "auto" and _ended(parent))):
+        table = _fetch_table(uri, client, parent.info.run_id)
+        if table is None and source == "table":
+            raise AnalysisError(
+                f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no "
+                f"{TABLE_ARTIFACT}: it ran before sweeps kept a table, or has not ended."
+            )
+    if table is not None:
+        rows = _runs_of_table(client, experiment_id, parent, table)
+        if not rows:
+            raise _no_runs(client, experiment_id, parent)
+        frame = _typed(rows)
+    else:
+        found = _select_runs(client, experiment_id, parent)
+        if not found:
+            if parent is None:
+                raise NoRuns(f"Experiment {experiment!r} holds no runs yet.")
+            raise _no_runs(client, experiment_id, parent)
+        frame = runs_frame(found)
+        if frame.empty:
+            raise NoRuns(f"None of the {len(found)} runs selected has gdexp's config params.")
     frame.attrs = {
         "tracking_uri": uri,
         "experiment": experiment,
         "experiment_id": experiment_id,
         "sweep": None if parent is None else _sweep_info(parent),
+        "source": "runs" if table is None else "table",
     }
     return frame
+
+
+def _ended(parent: Run) -> bool:
+    return parent.info.status not in ("RUNNING", "SCHEDULED")
+
+
+def _no_runs(client: MlflowClient, experiment_id: str, parent: Run) -> NoRuns:
+    others = [
+        p
+        for p in _search_all(client, experiment_id, _sweep_filter())
+        if p.info.run_id != parent.info.run_id
+    ]
+    return NoRuns(
+        f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
+        f"{_describe_sweeps(others, other=True)}."
+    )
 
 
 def _sweep_info(parent: Run) -> dict[str, Any]:
@@ -524,77 +650,53 @@ def _sweep_info(parent: Run) -> dict[str, Any]:
     }
 
 
+# --- load_histories ----------------------------------------------------------------------------
+
+
 def _run_ids(runs: pd.DataFrame | Iterable[str]) -> list[str]:
     if isinstance(runs, pd.DataFrame):
         return [str(r) for r in runs["run_id"]]
     return [str(r) for r in runs]
 
 
-def _store(client: MlflowClient) -> Any:
-    # MlflowClient does not expose its store; the MLflow server reaches the same object to answer
-    # its own bulk history endpoint (mlflow.server.handlers.get_metric_history_bulk_handler).
-    return getattr(getattr(client, "_tracking_client", None), "store", None)
+def _tables_for(
+    uri: str, client: MlflowClient, runs: pd.DataFrame | Iterable[str], source: str
+) -> list[_SweepTable]:
+    """The tables `load_histories` reads from: a `load_runs` frame's own sweep table (the one
+    `load_runs` downloaded, or downloaded now), or for run ids the tables this process holds of
+    the store."""
+    if isinstance(runs, pd.DataFrame):
+        sweep = runs.attrs.get("sweep")
+        if not sweep or (source == "auto" and runs.attrs.get("source") != "table"):
+            return []
+        cached = _TABLES.get((uri, sweep["run_id"]))
+        found = cached or _fetch_table(uri, client, sweep["run_id"])
+        return [found] if found is not None else []
+    return [table for (at, _), table in _TABLES.items() if at == uri]
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No garbage collection while the ORM builds thousands of row objects, none of them
-    garbage: the collector's passes over them cost more than the query itself (2-3x)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _bulk_histories(store: Any, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
-    parts = []
-    for key in keys:
-        for start in range(0, len(run_ids), _BULK_CHUNK):
-            chunk = list(run_ids[start : start + _BULK_CHUNK])
-            with _gc_paused():
-                found = store.get_metric_history_bulk(chunk, key, max_results=2**62)
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "run_id": [m.run_id for m in found],
-                        "key": key,
-                        "step": np.fromiter((m.step for m in found), np.int64, len(found)),
-                        "value": np.fromiter((m.value for m in found), np.float64, len(found)),
-                        "timestamp": np.fromiter((m.timestamp for m in found), np.int64),
-                    }
-                )
-            )
-    return pd.concat(parts, ignore_index=True) if parts else _empty_history(with_time=True)
-
-
-def _sql_histories(engine: Any, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
-    from sqlalchemy import select
-
-    metrics = _tables()["metrics"]
-    c = metrics.c
-    rows = []
-    with engine.connect() as connection:
-        for ids in _chunks(run_ids):
-            query = select(c.run_uuid, c.key, c.step, c.value, c.timestamp, c.is_nan).where(
-                c.key.in_(list(keys)), c.run_uuid.in_(ids)
-            )
-            rows += connection.execute(query).all()
-    if not rows:
-        return _empty_history(with_time=True)
-    frame = pd.DataFrame.from_records(
-        rows, columns=["run_id", "key", "step", "value", "timestamp", "is_nan"]
-    )
-    frame["value"] = frame["value"].astype("float64").mask(frame["is_nan"].astype(bool))
-    return frame.drop(columns="is_nan").astype({"step": "int64", "timestamp": "int64"})
+def _from_tables(
+    tables: Sequence[_SweepTable], run_ids: Sequence[str], keys: Sequence[str]
+) -> tuple[pd.DataFrame, set[str]]:
+    """The histories of `keys` (all in the table) of the runs these tables hold, and those runs.
+    A run in two tables (reused by a resumed sweep) is read from the first."""
+    wanted, covered, parts = set(run_ids), set(), []
+    for table in tables:
+        mine = (table.run_ids & wanted) - covered
+        if mine:
+            found = table.histories
+            parts.append(found[found["run_id"].isin(mine) & found["key"].isin(keys)])
+            covered |= mine
+    return (pd.concat(parts, ignore_index=True) if parts else _empty_history()), covered
 
 
 def _threaded_histories(
-    client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str], max_workers: int
+    client: MlflowClient, pairs: Sequence[tuple[str, str]], max_workers: int
 ) -> pd.DataFrame:
-    pairs = [(run_id, key) for key in keys for run_id in run_ids]
+    """`get_metric_history` per (run, key) on a thread pool: MLflow's public API has no query
+    for many runs at once, and each call waits mostly on the store, not on Python."""
+    if not pairs:
+        return _empty_history(with_time=True)
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         results = list(pool.map(lambda p: client.get_metric_history(*p), pairs))
     rows = [
@@ -626,40 +728,50 @@ def load_histories(
     keys: Sequence[str] = ("loss",),
     tracking_uri: str | None = None,
     *,
-    bulk: bool | None = None,
+    source: Source = "auto",
     max_workers: int = 8,
 ) -> pd.DataFrame:
     """Metric histories in long form: columns run_id, key, step (int64), value (float64).
 
     `runs` is a `load_runs` frame (its store is taken from `runs.attrs`) or run ids. Rows are
     ordered as the runs, then by key (in `keys` order) and step; a value logged twice at one step
-    counts once (the later). `bulk`: None reads a SQL store's metrics table directly (one query
-    per 500 runs), and any other store with a thread pool of per-run queries; True uses the SQL
-    store's own bulk query (MLflow's `get_metric_history_bulk`), False the thread pool.
+    counts once (the later). Steps are MLflow's: `loss` at step k after k epochs (from 0), `w`
+    and `b` from step 1; non-finite values are absent (MLflow never logged them).
+
+    `source`: "auto" reads loss, w and b from the sweep's table when the frame came from it (or,
+    for run ids, from a table this process already downloaded), and the rest (other keys such as
+    step_loss, other runs) with MLflow's `get_metric_history`, `max_workers` calls at a time;
+    "table" insists on a table for loss, w and b; "runs" reads everything from MLflow.
     """
+    _check_source(source)
     if isinstance(runs, str):
         raise TypeError("runs must be a load_runs frame or a list of run ids, not one string")
-    keys = [keys] if isinstance(keys, str) else list(keys)
+    keys = [keys] if isinstance(keys, str) else list(dict.fromkeys(keys))
     if tracking_uri is None and isinstance(runs, pd.DataFrame):
         tracking_uri = runs.attrs.get("tracking_uri")
     run_ids = _run_ids(runs)
-    _, client = open_store(tracking_uri)
+    uri, client = open_store(tracking_uri)
     if not run_ids or not keys:
         return _empty_history()
-    store = _store(client)
-    has_bulk = hasattr(store, "get_metric_history_bulk")
-    if bulk and not has_bulk:
-        raise AnalysisError(f"The store {type(store).__name__} has no bulk history query.")
-    found = None
-    if bulk is None and _engine(client) is not None:
-        try:
-            found = _sql_histories(_engine(client), run_ids, keys)
-        except Exception as error:  # MLflow's tables are not what we read: use its API
-            log.warning("Reading histories through MLflow's API (%s)", error)
-    if found is None and (bulk or (bulk is None and has_bulk)):
-        found = _bulk_histories(store, run_ids, keys)
-    elif found is None:
-        found = _threaded_histories(client, run_ids, keys, max_workers)
+    in_table = [key for key in keys if key in TABLE_HISTORIES]
+    parts, covered = [], set()
+    if source != "runs" and in_table:
+        tables = _tables_for(uri, client, runs, source)
+        found, covered = _from_tables(tables, run_ids, in_table)
+        if source == "table" and len(covered) < len(set(run_ids)):
+            raise AnalysisError(
+                f"{len(set(run_ids)) - len(covered)} of these runs are in no sweep table this "
+                "process has read: load them with load_runs(sweep=...) first."
+            )
+        parts.append(found.assign(timestamp=0))
+    pairs = [
+        (run_id, key)
+        for key in keys
+        for run_id in dict.fromkeys(run_ids)
+        if not (key in in_table and run_id in covered)
+    ]
+    parts.append(_threaded_histories(client, pairs, max_workers))
+    found = pd.concat([p for p in parts if len(p)] or parts[-1:], ignore_index=True)
     run_order = {run_id: i for i, run_id in enumerate(dict.fromkeys(run_ids))}
     key_order = {key: i for i, key in enumerate(keys)}
     found = found.assign(

@@ -22,6 +22,7 @@ import pandas as pd
 from gdexp.analysis import figures, tables
 from gdexp.analysis.load import (
     LATEST,
+    SOURCES,
     AnalysisError,
     SweepNotFound,
     find_sweep,
@@ -408,6 +409,13 @@ def _parser() -> argparse.ArgumentParser:
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
     )
     parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="read a sweep from its table (results.parquet on its parent run) or from its runs "
+        "in MLflow; auto: the table when the sweep has one (the two give the same report)",
+    )
+    parser.add_argument(
         "--no-mlflow",
         action="store_true",
         help="do not log the report as artifacts on the sweep's parent run",
@@ -432,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         sweep = _selection(args.experiment, args.sweep, args.tracking_uri)
-        runs = load_runs(args.experiment, sweep, args.tracking_uri)
-        report = write_report(runs, args.out)
+        runs = load_runs(args.experiment, sweep, args.tracking_uri, source=args.source)
+        histories = load_histories(runs, keys=("loss", "w", "b"), source=args.source)
+        report = write_report(runs, args.out, histories=histories)
         parent = runs.attrs.get("sweep")
         if parent and not args.no_mlflow:
             log_report(report, parent["run_id"], runs.attrs["tracking_uri"])
