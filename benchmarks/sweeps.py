@@ -208,7 +208,9 @@ def floor_mlflow(grid: Grid, write_ahead_log: bool = False) -> float:
         return time.perf_counter() - start
 
 
-def measure(reference: Grid, dense: Grid, basic_slice: int, newcomer_slice: int) -> list[Row]:
+def measure(
+    reference: Grid, dense: Grid, basic_slice: int, newcomer_slice: int, only: str | None = None
+) -> list[Row]:
     rows: list[Row] = []
 
     def add(grid: Grid, variant: str, run: Callable[[], float], runs: int, full: int | None = None):
@@ -216,6 +218,8 @@ def measure(reference: Grid, dense: Grid, basic_slice: int, newcomer_slice: int)
         rows.append(Row(grid.name, variant, runs, run(), full))
 
     for grid in (reference, dense):
+        if only is not None and grid.name != only:
+            continue
         sliced_newcomer = grid.slice(newcomer_slice) if grid is dense else grid
         sliced_basic = grid.slice(basic_slice) if grid is dense else grid
         add(grid, "newcomer: log_metric per value", lambda g=sliced_newcomer: newcomer(g),
@@ -316,13 +320,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny grids: a smoke run")
+    parser.add_argument("--only", choices=("reference", "dense"), help="one grid only")
     args = parser.parse_args()
     if args.quick:
         reference = Grid("reference", ["bgd", "sgd"], [0.01, 0.1], [0], 5, True)
         dense = Grid(
             "dense", ["sgd"], [float(s) for s in np.geomspace(1e-4, 1, 10)], [0, 1], 5, False
         )
-        rows = measure(reference, dense, basic_slice=2, newcomer_slice=2)
+        rows = measure(reference, dense, basic_slice=2, newcomer_slice=2, only=args.only)
     else:
         reference = Grid("reference", ["bgd", "sgd"], [0.001, 0.01, 0.05, 0.1], [0, 1], 20, True)
         dense = Grid(
@@ -333,12 +338,15 @@ def main() -> None:
             20,
             False,
         )
-        rows = measure(reference, dense, basic_slice=10, newcomer_slice=2)
+        rows = measure(reference, dense, basic_slice=10, newcomer_slice=2, only=args.only)
     print(table(rows))
     print()
     print("Per-run times of rows marked 'N of M' were measured on N runs and scaled to M.")
-    lines = verdicts(rows, reference, dense)
-    lines.insert(1, marginal(reference, rows))
+    if args.only is None:
+        lines = verdicts(rows, reference, dense)
+        lines.insert(1, marginal(reference, rows))
+    else:
+        lines = [marginal(reference, rows)] if args.only == "reference" else []
     for line in lines:
         print("-", line)
 
