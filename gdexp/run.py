@@ -263,6 +263,10 @@ def _finish(
         return error
 
 
+class TaskStopped(Exception):
+    """A cluster task that stopped because it was asked to (scancel, a stopped sweep)."""
+
+
 def run_chunk(
     cfgs: Sequence[DictConfig], overrides: Sequence[Sequence[str]], where: SweepManifest | None
 ) -> list[float | Exception]:
@@ -273,7 +277,12 @@ def run_chunk(
     # epochs, its runs KILLED.
     stopping.install()
     destination = where.destination() if where is not None else None
-    results = run_grid(cfgs, overrides, destination)
+    try:
+        results = run_grid(cfgs, overrides, destination)
+    except stopping.StopRequested:  # scancel's SIGTERM: a failure the launcher reports as such
+        raise TaskStopped(
+            "the task was asked to stop (cancelled or interrupted); its runs in flight are KILLED"
+        ) from None
     return [
         result if isinstance(result, Exception) else objective_value(result, cfg.objective)
         for cfg, result in zip(cfgs, results, strict=True)

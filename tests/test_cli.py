@@ -89,7 +89,8 @@ def test_the_18_run_grid_nests_under_one_parent(gdexp_cli, store):
     # chatter, no epoch lines.
     lines = done.stdout.splitlines()
     assert sum(bool(RESULT_LINE.search(line)) for line in lines) == 18
-    assert len(lines) <= 18 + 12, done.stdout
+    # Progress lines come every few seconds: a loaded machine prints more of them.
+    assert len([line for line in lines if "Progress:" not in line]) <= 18 + 12, done.stdout
     assert "Sweep of 18 runs" in lines[0]
     assert "workflowType=machine_learning" in done.stdout
     for noise in ("Launching", " : method=", "epoch ", "hydra.job.env_set"):
