@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -90,35 +89,15 @@ def job_manifest(config: DictConfig, first: DictConfig) -> Any:
     )
 
 
-class JobHydraConfigs:
+class JobHydraConfigs(JobConfigs):
     """Each job's `hydra_cfg` as Hydra's launchers return it: the `hydra` node Hydra composes for
     the job (`load_sweep_config`, here once per set of config-group choices), with the job's own
     overrides, `override_dirname`, number and output folder, as `load_configuration` and
     `run_job` set them. tests/test_hydra_contract.py compares it with the basic launcher's."""
 
-    def __init__(self, config_loader: Any, master: DictConfig) -> None:
-        self._loader, self._master = config_loader, master
-        self._parser = OverridesParser.create(config_loader=config_loader)
-        self._parsed: dict[str, Override] = {}
-        self._bases: dict[tuple[str, ...], DictConfig] = {}
-        self._group_choices: dict[str, bool] = {}
-
-    def _parse(self, line: str) -> Override:
-        if line not in self._parsed:
-            [self._parsed[line]] = self._parser.parse_overrides([line])
-        return self._parsed[line]
-
-    def _is_group_choice(self, override: Override) -> bool:
-        # The split of Hydra's defaults list, as _job_configs.JobConfigs makes it.
-        line = override.input_line
-        if line not in self._group_choices:
-            self._group_choices[line] = not isinstance(
-                override.value(), dict
-            ) and self._loader.repository.group_exists(override.key_or_group)
-        return self._group_choices[line]
-
     def _base(self, group_choices: tuple[str, ...]) -> DictConfig:
         if group_choices not in self._bases:
+            # The same parsing and split of overrides as the task configs; the hydra node kept.
             composed = self._loader.load_sweep_config(self._master, list(group_choices))
             self._bases[group_choices] = OmegaConf.masked_copy(composed, "hydra")
         return self._bases[group_choices]
