@@ -54,6 +54,8 @@ PROGRAMS = (
     *("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"),
     *("sinfo", "squeue", "sbatch", "scancel", "sacct"),
 )
+# Job states sacct shows before a job has ended (or before accounting heard that it did).
+UNSETTLED = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING", "CONFIGURING")
 PACKAGES = ("munge", "mariadb-server-core", "slurmdbd", "slurmctld", "slurmd", "slurm-client")
 
 
@@ -143,10 +145,22 @@ class SlurmCluster:
             == 0
         )
 
-    def sacct(self, job: str) -> dict[str, str]:
-        """Job (array task) id -> state, as accounting recorded them, for job `job`."""
-        out = self.run("sacct", "--noheader", "--parsable2", "-X", "-o", "JobID,State", "-j", job)
-        return dict(line.split("|", 1) for line in out.splitlines() if line.strip())
+    def sacct(self, job: str, tasks: Sequence[str] = (), timeout: float = 30) -> dict[str, str]:
+        """Job (array task) id -> state, as accounting recorded them, for job `job`.
+
+        slurmctld sends a job's end to slurmdbd on its own time, so right after a job ends
+        sacct may not list it yet, or still list it RUNNING: waits (at most `timeout` s) until
+        each id in `tasks` is recorded in a final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(
+                "sacct", "--noheader", "--parsable2", "-X", "-o", "JobID,State", "-j", job
+            )
+            states = dict(line.split("|", 1) for line in out.splitlines() if line.strip())
+            settled = all(states.get(t, "PENDING").split()[0] not in UNSETTLED for t in tasks)
+            if settled or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
 
     def cancel_all(self) -> None:
         self.run("scancel", "--user", pwd.getpwuid(os.getuid()).pw_name, check=False)

@@ -310,7 +310,8 @@ def test_the_cluster_runs_an_array_job_to_its_end(slurm_cluster: SlurmCluster, t
         text = (tmp_path / f"task-{task}.out").read_text()
         assert text == f"task {task} of {job} on {slurm_cluster.node}\n"
     # Accounting recorded each task's end (submitit reads job states from sacct).
-    assert slurm_cluster.sacct(job) == {f"{job}_{t}": "COMPLETED" for t in range(4)}
+    tasks = [f"{job}_{t}" for t in range(4)]
+    assert slurm_cluster.sacct(job, tasks) == dict.fromkeys(tasks, "COMPLETED")
     assert slurm_cluster.squeue() == []
 
 
@@ -367,7 +368,7 @@ def test_sweep_on_slurm_into_a_sqlite_file_in_the_launch_folder(sweeps_on, tmp_p
     tasks = sorted(p.name for p in tmp_path.glob("multirun/*/*/.submitit/*_*") if p.is_dir())
     assert len(tasks) == 4 and len({t.split("_")[0] for t in tasks}) == 1, tasks
     array = tasks[0].split("_")[0]
-    assert sweeps.cluster.sacct(array) == {t: "COMPLETED" for t in tasks}
+    assert sweeps.cluster.sacct(array, tasks) == dict.fromkeys(tasks, "COMPLETED")
 
 
 @pytest.mark.slow
@@ -486,7 +487,7 @@ def test_a_task_cancelled_with_scancel_ends_its_run_and_the_sweep_resumes(sweeps
     check_failure_reported(launch, code, task, "epochs=600")
     # Had the command left tasks running, they end on their own (a run of ~30 s, or slower).
     assert cluster.wait_until_empty(300) == []
-    assert cluster.sacct(task.split("_")[0])[task].startswith("CANCELLED")
+    assert cluster.sacct(task.split("_")[0], [task])[task].startswith("CANCELLED")
     check_ended_unfinished(runs_of(sweeps, "epochs=600"))
     assert [r.info.status for r in runs_of(sweeps, "epochs=2000")] == ["FINISHED"]
 
@@ -527,7 +528,7 @@ def test_a_task_that_hits_its_time_limit_ends_its_run_and_the_sweep_resumes(swee
     # Ended by the limit: submitit's USR2 handler raised in the job (the task then ends
     # COMPLETED with the error as its result), or SLURM killed it (TIMEOUT), or USR2 came
     # before Python had a handler for it (FAILED). Its run, if it had one, is closed.
-    state = cluster.sacct(task.split("_")[0])[task]
+    state = cluster.sacct(task.split("_")[0], [task])[task]
     assert state in ("COMPLETED", "TIMEOUT", "FAILED"), state
     long_runs = runs_of(sweeps, LONG)
     assert {r.info.status for r in long_runs} <= {"FAILED", "KILLED"}, state
@@ -583,7 +584,7 @@ def test_ctrl_c_on_the_launching_command_cancels_its_array(sweeps_on):
         )
     # Cancelled: SLURM's SIGTERM asks each task to stop, and it does at its next epoch, its
     # run KILLED, and exits by itself (COMPLETED) or is killed KillWait later (CANCELLED).
-    states = cluster.sacct(tasks[0].split("_")[0])
+    states = cluster.sacct(tasks[0].split("_")[0], tasks)
     assert all(state.startswith(("CANCELLED", "COMPLETED")) for state in states.values()), states
     children = sweeps.children()
     assert len(children) == 2 and {c.info.status for c in children} <= {"KILLED", "FAILED"}, [
