@@ -43,6 +43,17 @@ class DType(Enum):
     float64 = "float64"
 
 
+class Device(Enum):
+    auto = "auto"  # CUDA when torch sees a GPU, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Record(Enum):
+    runs = "runs"  # an MLflow run per config, under the sweep's parent
+    table = "table"  # the sweep's table on its parent only: for grids of 10^5-10^6 configs
+
+
 @dataclass
 class MethodConfig:
     # bgd, sgd and minibatch are the same loop at different batch sizes.
@@ -77,6 +88,10 @@ class TrackingConfig:
     log_step_loss: bool = _key(True, "log each update's batch loss (step_loss)")
     resume: bool = _key(True, "a sweep skips configs already FINISHED")
     retry_seconds: float = _key(60.0, "how long to retry a server that does not answer")
+    record: Record = field(
+        default=Record.runs,
+        metadata={"help": "a sweep's record: a run per config, or one table (dense grids)"},
+    )
 
 
 @dataclass
@@ -87,6 +102,9 @@ class RunConfig:
     seed: int = _key(0, "seeds the noise in y and the shuffling")
     dtype: DType = field(
         default=DType.float32, metadata={"help": "precision of the data and the training"}
+    )
+    device: Device = field(
+        default=Device.cpu, metadata={"help": "where to train; auto: CUDA when torch sees a GPU"}
     )
     convergence_tolerance: float = _key(
         1e-3, "converged: at most this share of the excess loss left"

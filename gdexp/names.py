@@ -37,11 +37,20 @@ REUSED_RUNS_TAG = "reused_runs"
 RUNS_TAG_PREFIX = "runs_"  # runs_<outcome>: how many runs of the sweep ended so
 BEST_RUN_TAG = "best.run_id"
 BEST_PARAM_TAG_PREFIX = "best."  # best.step_size, best.final_loss ...
+# How a sweep records its configs (tracking.record): a child run each, or rows of its table only.
+RECORD_TAG = "gdexp.record"
+RECORD_RUNS = "runs"
+RECORD_TABLE = "table"
+# On a table sweep's parent: each swept key's values as a param, the outcomes counted as metrics.
+AXIS_PARAM_PREFIX = "axis."  # axis.step_size = "100 values, 0.001 ... 1"
+CONFIGS_METRIC_PREFIX = "configs_"  # configs_<outcome>, configs_total
 
 # --- artifacts ---------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
 SWEEP_RUNS_ARTIFACT = "sweep_runs.json"  # on a sweep's parent: every run of the sweep
 TABLE_ARTIFACT = "results.parquet"  # on a sweep's parent: a row per config (gdexp.table)
+EDGES_ARTIFACT = "edges.csv"  # on a table sweep's parent: measured and theory's step-size edges
+PHASE_MAP_ARTIFACT = "phase_map.png"  # on a table sweep's parent: the phase-map figure
 SWEEP_MANIFEST = ".gdexp-sweep.json"  # in a sweep's folder: where its jobs log (gdexp.sweep)
 # Held (flock) by the process running a sweep, so a second sweep cannot share its folder.
 SWEEP_LOCK = ".gdexp-sweep.lock"

@@ -70,6 +70,7 @@ COLUMNS: dict[str, str] = {
     "parent_run_id": "string",  # the sweep's parent run
     "start_time": "int64",  # when the run started, ms since the epoch (MLflow's clock)
     "status": "string",  # MLflow's: FINISHED, FAILED or KILLED (results only when FINISHED)
+    "config_index": "int64",  # the config's place in a table sweep's grid; null for runs
     **CONFIG_COLUMNS,
     **RESULT_COLUMNS,
     **dict.fromkeys(HISTORY_COLUMNS, "list<float64>"),
@@ -120,6 +121,7 @@ def run_row(
         "parent_run_id": None,
         "start_time": None,
         "status": "FINISHED",
+        "config_index": None,
         **config_row(cfg),
         "initial_loss": float(summary.initial_loss),
         "final_loss": float(summary.final_loss),
@@ -212,6 +214,7 @@ def record_row(
         "parent_run_id": None,
         "start_time": None,
         "status": status,
+        "config_index": None,
         "method": params.get("method.name"),
         "batch_size": effective_batch_size(number("method.batch_size", int), n_points),
         "shuffle": number("method.shuffle", bool),
