@@ -13,8 +13,10 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -24,6 +26,9 @@ from gdexp.outcome import RunSummary, summarize
 from gdexp.train import TrainSettings, Trajectory, train, train_many
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from gdexp.grid import Chunk, TableGrid
     from gdexp.store import Destination, SweepManifest
 
 log = logging.getLogger(__name__)
@@ -287,3 +292,120 @@ def run_chunk(
         result if isinstance(result, Exception) else objective_value(result, cfg.objective)
         for cfg, result in zip(cfgs, results, strict=True)
     ]
+
+
+# --- table sweeps: a grid's configs by chunk, rows only (gdexp.grid, gdexp.table) --------------
+
+
+def resolve_device(name: object) -> torch.device:
+    """`device=auto|cpu|cuda` as torch's device: auto is CUDA when torch sees a GPU."""
+    from gdexp.data import dtype_name  # the enum's value, as for dtype
+
+    wanted = dtype_name(name)
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
+
+
+class ChunkData:
+    """Each distinct data set a table sweep's chunks train on, made once a process: one per
+    (seed, data settings, dtype), as `make_run_data` makes a run's, with its least-squares loss."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple, tuple[Dataset, float]] = {}
+
+    def __call__(self, key: tuple) -> tuple[Dataset, float]:
+        if key not in self._made:
+            from gdexp.config import DataConfig
+            from gdexp.data import least_squares_fit, make_dataset, torch_dtype
+            from gdexp.seeding import random_streams
+
+            seed, n_points, x_start, x_step, slope, intercept, noise_std, dtype = key
+            settings = DataConfig(n_points, x_start, x_step, slope, intercept, noise_std)
+            data = make_dataset(settings, random_streams(seed).data, torch_dtype(dtype))
+            self._made[key] = (data, least_squares_fit(data)[2])
+        return self._made[key]
+
+
+def train_table_chunk(
+    grid: TableGrid, chunk: Chunk, parent_run_id: str | None, data: ChunkData | None = None
+) -> pa.Table:
+    """A table sweep's chunk (`gdexp.grid.Chunk` of a `TableGrid`) trained as one tensor
+    computation: its rows of the sweep's table (a pyarrow Table), checking for a stop between
+    epochs. The same numbers as each config run alone."""
+    from gdexp import table
+    from gdexp.data import dtype_name
+    from gdexp.grid import DATA_KEYS
+    from gdexp.outcome import summarize_many
+    from gdexp.train import train_arrays
+
+    data = data or ChunkData()
+    cfg = grid.block_config(chunk.block)
+    columns = grid.vector_columns(chunk)
+    n_points, dtype = int(cfg.data.n_points), dtype_name(cfg.dtype)
+    keys = np.stack([columns["seed"].astype(np.float64)] + [columns[k] for k in DATA_KEYS], axis=1)
+    distinct, data_index = np.unique(keys, axis=0, return_inverse=True)
+    made = [data((int(row[0]), n_points, *map(float, row[1:]), dtype)) for row in distinct]
+    device = resolve_device(cfg.device)
+    batch = train_arrays(
+        [d for d, _ in made],
+        columns["step_size"],
+        columns["init.w"],
+        columns["init.b"],
+        columns["seed"],
+        data_index=data_index.reshape(-1),
+        epochs=int(cfg.epochs),
+        batch_size=cfg.method.batch_size,
+        shuffle=bool(cfg.method.shuffle),
+        dtype=dtype,
+        on_epoch=stopping.check_epoch,
+        record_steps=False,
+        device=device,
+    )
+    optimal = np.array([loss for _, loss in made])[data_index.reshape(-1)]
+    summaries = summarize_many(batch, optimal, columns["convergence_tolerance"])
+    return table.chunk_rows(
+        cfg, columns, batch, summaries, np.arange(chunk.start, chunk.stop), parent_run_id,
+        device.type,
+    )  # fmt: skip
+
+
+def run_table_chunks(
+    grid: TableGrid,
+    chunks: Sequence[Chunk],
+    folder: Path,
+    parent_run_id: str | None,
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> int:
+    """Train a table sweep's chunks one after another, each kept in the sweep folder as soon as
+    it is done (gdexp.table.write_chunk); a stop asked for ends it between epochs or chunks,
+    the chunk in flight dropped. Returns the configs trained."""
+    from gdexp import table
+
+    data = ChunkData()
+    trained = 0
+    for chunk in chunks:
+        stopping.check()  # between chunks
+        rows = train_table_chunk(grid, chunk, parent_run_id, data)
+        table.write_chunk(folder, chunk.start, chunk.stop, rows)
+        trained += len(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    return trained
+
+
+def run_table_task(
+    grid: TableGrid, chunks: Sequence[Chunk], folder: str, parent_run_id: str | None
+) -> int:
+    """A cluster task's share of a table sweep: its chunks, their parts left in the sweep's
+    folder for the launching process to gather. Stops when cancelled (SIGTERM) or when its
+    sweep is stopped (the folder's stop marker)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    stopping.install()
+    stopping.follow(Path(folder))
+    try:
+        return run_table_chunks(grid, chunks, Path(folder), parent_run_id)
+    except stopping.StopRequested:
+        raise TaskStopped(
+            "the task was asked to stop (cancelled or interrupted); its chunk in flight is dropped"
+        ) from None

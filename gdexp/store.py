@@ -558,6 +558,10 @@ class Tracker:
             "?workflowType=machine_learning"
         )
 
+    def run_address(self, run_id: str) -> str:
+        """A run's page in the MLflow UI."""
+        return f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
     def compare_address(self, run_ids: Sequence[str], metric: str = "loss") -> str:
         """MLflow's metric page for these runs: `metric` against the step (epochs), log y.
 

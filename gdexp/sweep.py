@@ -490,3 +490,189 @@ def outcome_table(tally: Tally) -> str:
         "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     )
+
+
+# --- table sweeps (tracking.record=table): one parent run, the grid's rows in its table -------
+
+
+@dataclass
+class TableTally:
+    """A closed table sweep, counted from its table."""
+
+    configs: int  # in the grid
+    rows: int  # finished (in the table)
+    outcomes: dict[str, int]
+    reused: int  # configs an earlier attempt had finished
+    table_path: Path | None = None  # the gathered table, in the sweep folder
+
+    @property
+    def finished(self) -> int:
+        return self.rows
+
+
+def describe_table_sweep(command: str, grid: Mapping[str, str], tally: TableTally) -> str:
+    axes = "; ".join(f"{key}: {values}" for key, values in grid.items()) or "no swept keys"
+    counts = ", ".join(f"{tally.outcomes.get(o, 0):,} {o}" for o in OUTCOMES)
+    left = tally.configs - tally.rows
+    unfinished = f"; {left:,} not run (interrupted)" if left else ""
+    return f"{tally.configs:,} configs: {counts}{unfinished}. `{command}` over {axes}."
+
+
+class TableSweep(Sweep):
+    """A table sweep's parent run: no child runs; its grid (gdexp.grid.TableGrid) trained in
+    chunks, each kept as a part in the sweep folder when done (gdexp.table), gathered into the
+    parent's table when the sweep closes, interrupted or not. An earlier attempt at the same
+    grid by the same code is resumed: its finished chunks are kept."""
+
+    def __init__(self, *args, chunks: Sequence[tuple[int, int]], describe: Mapping[str, str],
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.chunks = list(chunks)
+        self.axes = dict(describe)
+        self.reused_chunks: set[tuple[int, int]] = set()
+        self.tally: TableTally | None = None
+
+    @classmethod
+    def open_table(
+        cls,
+        tracker: Tracker,
+        folder: Path,
+        *,
+        grid_identity: str,
+        describe: Mapping[str, str],
+        chunks: Sequence[tuple[int, int]],
+        resume: bool = True,
+        retry_seconds: float = 60.0,
+    ) -> TableSweep:
+        claim = claim_folder(folder)
+        try:
+            return cls._open_table(tracker, folder, claim, grid_identity, describe, chunks,
+                                   resume, retry_seconds)  # fmt: skip
+        except BaseException:
+            os.close(claim)
+            raise
+
+    @classmethod
+    def _open_table(
+        cls,
+        tracker: Tracker,
+        folder: Path,
+        claim: int,
+        grid_identity: str,
+        describe: Mapping[str, str],
+        chunks: Sequence[tuple[int, int]],
+        resume: bool,
+        retry_seconds: float,
+    ) -> TableSweep:
+        from gdexp import table
+
+        close_abandoned_sweeps(tracker)
+        code = record.code_fingerprint()
+        identity = f"table-{grid_identity}"
+        n_configs = sum(stop - start for start, stop in chunks)
+        parent = None
+        if resume:
+            earlier = tracker.search(f"tags.`{names.SWEEP_HASH_TAG}` = '{identity}'")
+            if earlier:
+                latest = max(earlier, key=lambda run: run.info.start_time)
+                old_code = latest.data.tags.get(names.CODE_TAG, "unknown")
+                if old_code != code:
+                    raise CodeChanged(
+                        f"This sweep was started ({latest.info.run_id}) with code {old_code}; the "
+                        f"code is now {code}, so its configs would not be comparable. Start it "
+                        "afresh with tracking.resume=false."
+                    )
+                parent = latest.info.run_id
+                old_folder = Path(latest.data.tags.get(names.SWEEP_DIR_TAG, ""))
+                if old_folder != folder.resolve() and old_folder.is_dir():
+                    table.adopt_chunks(folder, old_folder)
+                tracker.client.set_tag(parent, names.SWEEP_DIR_TAG, str(folder.resolve()))
+                tracker.client.update_run(parent, status="RUNNING")
+        if parent is None:
+            tags = {
+                **record.provenance_tags(),
+                names.KIND_TAG: names.SWEEP_KIND,
+                names.RECORD_TAG: names.RECORD_TABLE,
+                names.SWEEPER_TAG: "gdexp",
+                names.SWEEP_DIR_TAG: str(folder.resolve()),
+                names.SWEEP_HASH_TAG: identity,
+                names.N_RUNS_TAG: "0",
+            }
+            parent = tracker.start_run(f"sweep {folder.name} ({n_configs:,} configs)", tags=tags)
+            tracker.log(parent, params={f"{names.AXIS_PARAM_PREFIX}{k}": v
+                                        for k, v in describe.items()})  # fmt: skip
+        sweep = cls(tracker, parent, folder, {}, 0, {}, retry_seconds, claim, chunks=chunks,
+                    describe=describe)  # fmt: skip
+        sweep.reused_chunks = set(sweep.done_chunks())
+        sweep.manifest.write(folder)
+        _open_sweeps.append(sweep)
+        stopping.announce(folder)
+        return sweep
+
+    @property
+    def n_configs(self) -> int:
+        return sum(stop - start for start, stop in self.chunks)
+
+    def done_chunks(self) -> list[tuple[int, int]]:
+        """The chunks whose rows are kept in the sweep folder."""
+        from gdexp import table
+
+        return [c for c in self.chunks if table.chunk_part(self.folder, *c).is_file()]
+
+    def _close(self, interrupted: bool, objective: str) -> TableTally:
+        from gdexp import table
+
+        path = self.folder / names.TABLE_ARTIFACT
+        outcomes, rows = table.gather_chunks(self.folder, self.chunks, path)
+        reused = sum(stop - start for start, stop in self.reused_chunks)
+        tally = TableTally(self.n_configs, rows, outcomes, reused, path)
+        command = record.command_line()
+        from mlflow.entities import Metric
+
+        counts = {o: outcomes.get(o, 0) for o in OUTCOMES}
+        counts |= {"total": tally.configs, "finished": rows}
+        now = record.now_ms()
+        metrics = [
+            Metric(f"{names.CONFIGS_METRIC_PREFIX}{key}", float(n), now, 0)
+            for key, n in counts.items()
+        ]
+        tags = {
+            names.NOTE_TAG: describe_table_sweep(command, self.axes, tally),
+            names.COMMAND_TAG: command,
+            names.REUSED_RUNS_TAG: str(reused),
+        }
+        self.tracker.log(self.parent_run_id, metrics=metrics, tags=tags)
+        self.tracker.client.log_artifact(self.parent_run_id, str(path))
+        self.tally = tally
+        if interrupted or rows < tally.configs:
+            self.end("KILLED" if interrupted else "FAILED")
+        return tally  # type: ignore[return-value]
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the parent (after anything else the sweep logs to it)."""
+        if not self.closed:
+            self.tracker.end_run(self.parent_run_id, status)
+            self.closed = True
+        if self in _open_sweeps:
+            _open_sweeps.remove(self)
+
+    def close_interrupted(self) -> None:
+        global _interruption_reported
+        if self.closed:
+            return
+        why = stopping.requested() or "SIGINT"
+        _interruption_reported = True
+        try:
+            tally = self.close(interrupted=True)
+        except Exception as error:
+            log.error(
+                "Sweep interrupted (%s); its end could not be recorded (%s). Run the same "
+                "command again to resume.", why, first_line(error),
+            )  # fmt: skip
+            return
+        log.error(
+            "Sweep interrupted (%s): %s of %s configs finished, kept in the parent's partial "
+            "table (the chunk in flight is dropped). Parent run %s is KILLED. Run the same "
+            "command again to resume.", why, f"{tally.rows:,}", f"{tally.configs:,}",
+            self.parent_run_id,
+        )  # fmt: skip

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from gdexp.data import dtype_name, effective_batch_size
@@ -28,8 +29,8 @@ from gdexp.data import dtype_name, effective_batch_size
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from gdexp.outcome import RunSummary
-    from gdexp.train import Trajectory
+    from gdexp.outcome import RunSummaries, RunSummary
+    from gdexp.train import Trajectory, TrajectoryBatch
 
 # In a sweep's folder: the rows its runs wrote, one Parquet part per run or batched chunk.
 ROWS_FOLDER = ".gdexp-rows"
@@ -253,3 +254,136 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(rows_table(rows), path)
+
+
+def _lists(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Row c's first lengths[c] values of a (rows, width) array, as a list<float64> column."""
+    import pyarrow as pa
+
+    width = values.shape[1]
+    keep = np.arange(width)[None, :] < lengths[:, None]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.ascontiguousarray(values, dtype=np.float64)[keep]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float64()))
+
+
+def chunk_rows(
+    cfg: DictConfig,
+    columns: Mapping[str, np.ndarray],
+    batch: TrajectoryBatch,
+    summaries: RunSummaries,
+    config_index: np.ndarray,
+    parent_run_id: str | None,
+    device: str,
+) -> pa.Table:
+    """A table sweep's chunk as rows of the table, built column by column from its arrays:
+    the config of its block (`cfg`) with each config's `columns` (gdexp.grid.VECTOR_KEYS), and
+    what it did. Each row holds what `run_row` gives the same config run alone."""
+    import pyarrow as pa
+
+    n = len(config_index)
+    block = config_row(cfg, device)
+    vector = {
+        "step_size": "step_size",
+        "seed": "seed",
+        "init_w": "init.w",
+        "init_b": "init.b",
+        "convergence_tolerance": "convergence_tolerance",
+        "x_start": "data.x_start",
+        "x_step": "data.x_step",
+        "slope": "data.slope",
+        "intercept": "data.intercept",
+        "noise_std": "data.noise_std",
+    }
+    diverged = np.asarray(summaries.diverged_at_epoch)
+    arrays = {
+        "run_id": pa.nulls(n, pa.string()),
+        "run_name": pa.nulls(n, pa.string()),
+        "parent_run_id": pa.array([parent_run_id] * n, pa.string()),
+        "start_time": pa.nulls(n, pa.int64()),
+        "status": pa.array(["FINISHED"] * n, pa.string()),
+        "config_index": pa.array(np.asarray(config_index, dtype=np.int64)),
+        **{
+            column: pa.array(columns[vector[column]])
+            if column in vector
+            else pa.array([value] * n, pa.type_for_alias(CONFIG_COLUMNS[column]))
+            for column, value in block.items()
+        },
+        "initial_loss": pa.array(np.asarray(summaries.initial_loss, dtype=np.float64)),
+        "final_loss": pa.array(np.asarray(summaries.final_loss, dtype=np.float64)),
+        "final_w": pa.array(np.asarray(summaries.final_w, dtype=np.float64)),
+        "final_b": pa.array(np.asarray(summaries.final_b, dtype=np.float64)),
+        "optimal_loss": pa.array(np.asarray(summaries.optimal_loss, dtype=np.float64)),
+        "outcome": pa.array(np.asarray(summaries.outcome, dtype=object), pa.string()),
+        "diverged_at_epoch": pa.array(diverged.astype(np.int64), mask=diverged < 0),
+        "loss": _lists(batch.epoch_loss, batch.epochs_measured),
+        "w": _lists(batch.w, batch.epochs_updated),
+        "b": _lists(batch.b, batch.epochs_updated),
+    }
+    return pa.Table.from_pydict(arrays, schema=schema())
+
+
+# --- a table sweep's chunks: a part each, gathered in grid order -------------------------------
+
+
+def chunk_part(folder: Path, start: int, stop: int) -> Path:
+    """Where the rows of a table sweep's chunk [start, stop) are kept in its sweep folder."""
+    return folder / ROWS_FOLDER / f"rows-{start:012d}-{stop:012d}.parquet"
+
+
+def write_chunk(folder: Path, start: int, stop: int, rows: pa.Table) -> Path:
+    """A finished chunk's rows, kept on disk as soon as it is done (written whole, then moved
+    into place: a part is there complete or not at all)."""
+    import pyarrow.parquet as pq
+
+    path = chunk_part(folder, start, stop)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    pq.write_table(rows, partial)
+    os.replace(partial, path)
+    return path
+
+
+def adopt_chunks(folder: Path, earlier: Path) -> int:
+    """Link the chunk parts an earlier attempt kept in its folder into this one (a resumed
+    sweep's Hydra folder is a new one); returns how many."""
+    adopted = 0
+    for part in sorted((earlier / ROWS_FOLDER).glob("rows-*.parquet")):
+        target = folder / ROWS_FOLDER / part.name
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(part, target)
+        except OSError:  # another file system: a copy
+            import shutil
+
+            shutil.copyfile(part, target)
+        adopted += 1
+    return adopted
+
+
+def gather_chunks(
+    folder: Path, chunks: Sequence[tuple[int, int]], path: Path
+) -> tuple[dict[str, int], int]:
+    """The table of a table sweep from its chunks' parts, in grid order, written to `path` one
+    part at a time (memory: one chunk, not the grid). Chunks without a part (not finished) are
+    left out. Returns the outcomes counted and the number of rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    outcomes: dict[str, int] = {}
+    rows = 0
+    with pq.ParquetWriter(path, schema()) as writer:
+        for start, stop in chunks:
+            part = chunk_part(folder, start, stop)
+            if not part.is_file():
+                continue
+            rows_of_chunk = pq.read_table(part, schema=schema())
+            writer.write_table(rows_of_chunk)
+            rows += rows_of_chunk.num_rows
+            for entry in pc.value_counts(rows_of_chunk["outcome"]).to_pylist():
+                key = entry["values"] or "none"
+                outcomes[key] = outcomes.get(key, 0) + entry["counts"]
+    return outcomes, rows

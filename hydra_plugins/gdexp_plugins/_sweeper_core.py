@@ -41,11 +41,15 @@ def job_configs(sweeper: Any, jobs: Sequence[Sequence[str]]) -> list[DictConfig]
     if problems:
         lines = [f"{problem}  (first in job: {job})" for problem, job in problems.items()]
         raise ConfigError("Invalid sweep, no run was started:\n  " + "\n  ".join(lines))
-    destinations = {(c.tracking.uri, c.tracking.experiment, c.tracking.enabled) for c in configs}
+    destinations = {
+        (c.tracking.uri, c.tracking.experiment, c.tracking.enabled, c.tracking.record)
+        for c in configs
+    }
     if len(destinations) > 1:
         raise ConfigError(
-            "Invalid sweep, no run was started: tracking.uri, tracking.experiment and "
-            "tracking.enabled cannot be swept; one sweep is one parent run in one experiment."
+            "Invalid sweep, no run was started: tracking.uri, tracking.experiment, "
+            "tracking.enabled and tracking.record cannot be swept; one sweep is one parent run "
+            "in one experiment, recorded one way."
         )
     return configs
 
@@ -57,6 +61,10 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     params = [f"{key}={value}" for key, value in sweeper.params.items()]
     overrides = parser.parse_overrides(params + arguments)
     refuse_intervals(overrides)
+    from hydra_plugins.gdexp_plugins._table_core import is_table_record, table_sweep
+
+    if is_table_record(config):  # the grid as axes, never one composed config per config
+        return table_sweep(sweeper, overrides)
     jobs = grid_jobs(overrides)
     configs = job_configs(sweeper, jobs)
 
