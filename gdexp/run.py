@@ -87,7 +87,9 @@ def run_experiment(
     name = record.run_name(cfg)
     if destination is None:
         summary = summarize(
-            train(cfg, data, EpochLines(cfg, epoch_level)), data, cfg.convergence_tolerance
+            train(cfg, data, EpochLines(cfg, epoch_level), device=resolve_device(cfg.device)),
+            data,
+            cfg.convergence_tolerance,
         )
         log.info(result_line(name, summary))
         return summary
@@ -100,7 +102,9 @@ def run_experiment(
         try:
             stopping.check()  # between store calls
             started = record.now_ms()
-            trajectory = train(cfg, data, EpochLines(cfg, epoch_level))
+            trajectory = train(
+                cfg, data, EpochLines(cfg, epoch_level), device=resolve_device(cfg.device)
+            )
             span = (started, record.now_ms())
             summary = replace(summarize(trajectory, data, cfg.convergence_tolerance), run_id=run_id)
         except BaseException:  # failed or interrupted: the run still shows its config
@@ -124,7 +128,7 @@ def _leave_rows(
         return
     from gdexp import table
 
-    rows = [table.run_row(cfg, trajectory, summary, summary.run_id)
+    rows = [table.run_row(cfg, trajectory, summary, summary.run_id, resolve_device(cfg.device).type)
             for cfg, trajectory, summary in finished]  # fmt: skip
     table.write_rows(destination.sweep_folder, rows)
 
@@ -154,10 +158,10 @@ def run_grid(
     settings = [TrainSettings.of(cfg) for cfg in cfgs]
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, setting in enumerate(settings):
-        groups[setting.signature].append(index)
+        groups[(setting.signature, resolve_device(cfgs[index].device))].append(index)
 
     logged = 0
-    for indices in groups.values():
+    for (_, device), indices in groups.items():
         for chunk in _chunks(indices, settings[indices[0]]):
             stopping.check()  # between chunks
             run_ids: list[str | None] = []
@@ -169,8 +173,9 @@ def run_grid(
                 started = record.now_ms()
                 try:
                     trajectories: Sequence[Trajectory | Exception] = train_many(
-                        [settings[i] for i in chunk], datasets, stopping.check_epoch
-                    )
+                        [settings[i] for i in chunk], datasets, stopping.check_epoch,
+                        device=device,
+                    )  # fmt: skip
                 except Exception as error:  # the whole group failed; each of its runs says so
                     trajectories = [error] * len(chunk)
                 span = (started, record.now_ms())

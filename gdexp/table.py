@@ -112,7 +112,11 @@ def config_row(cfg: DictConfig, device: str = "cpu") -> dict[str, Any]:
 
 
 def run_row(
-    cfg: DictConfig, trajectory: Trajectory, summary: RunSummary, run_id: str | None
+    cfg: DictConfig,
+    trajectory: Trajectory,
+    summary: RunSummary,
+    run_id: str | None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """One finished config's row."""
     diverged = summary.diverged_at_epoch
@@ -123,7 +127,7 @@ def run_row(
         "start_time": None,
         "status": "FINISHED",
         "config_index": None,
-        **config_row(cfg),
+        **config_row(cfg, device),
         "initial_loss": float(summary.initial_loss),
         "final_loss": float(summary.final_loss),
         "final_w": float(summary.final_w),

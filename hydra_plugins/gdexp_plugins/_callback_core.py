@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
+
+from hydra_plugins.gdexp_plugins._common import is_table_record, refuse_missing_cuda
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,16 @@ def check_run(config: DictConfig) -> None:
             problems = config_problems(config)
         except Exception:  # e.g. ${hydra:...}, which resolves only once the job is set up
             problems = []
+        if is_table_record(config):
+            problems.append(
+                "tracking.record=table records a sweep's configs as rows of its table; a single "
+                "run is recorded as a run: sweep with -m, or leave tracking.record at runs"
+            )
+        if not problems:
+            try:
+                refuse_missing_cuda([config])
+            except CompactHydraException as error:
+                problems.append(str(error))
         if problems:  # as the run refuses them (gdexp.__main__.refuse): one line each, code 2
             import sys
 
@@ -45,6 +58,15 @@ def open_sweep(config: DictConfig) -> Any:
 
     if not is_gdexp_config(config):
         return None
+    if is_table_record(config):
+        from gdexp.config import ConfigError
+
+        sweeper = str(config.hydra.runtime.choices.get("hydra/sweeper", "?"))
+        raise ConfigError(
+            f"tracking.record=table needs gdexp's grid sweeper (hydra/sweeper=gdexp, the "
+            f"default): hydra/sweeper={sweeper} hands out configs one by one, each recorded as "
+            "its own run. Drop tracking.record=table, or the sweeper choice."
+        )
     from gdexp.store import preflight, resolve_tracking_uri, writable_folder
 
     launch_dir = Path(config.hydra.runtime.cwd)

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 
 from hydra.core.override_parser.types import Override
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import ConfigError, RunConfig, is_gdexp_config
 
@@ -40,3 +40,25 @@ def refuse_intervals(overrides: Sequence[Override]) -> None:
                 "optimising sweeper: hydra/sweeper=optuna (pip install -e '.[search]'), "
                 "as in +sweeps=best_step_size."
             )
+
+
+def is_table_record(config: DictConfig) -> bool:
+    """Whether a config asks for a table sweep (tracking.record=table)."""
+    from gdexp.names import RECORD_TABLE
+
+    record = OmegaConf.select(config, "tracking.record")
+    return str(getattr(record, "name", record)) == RECORD_TABLE
+
+
+def refuse_missing_cuda(configs: Iterable[DictConfig]) -> None:
+    """device=cuda where torch sees no GPU: refused before any run exists (torch is imported
+    only to ask, and only when a config asks for CUDA)."""
+    if not any(str(getattr(c.device, "name", c.device)) == "cuda" for c in configs):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda: torch sees no CUDA GPU on this machine; use device=cpu, or "
+            "device=auto (CUDA where there is one)."
+        )

@@ -13,7 +13,13 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import ConfigError, config_problems
-from hydra_plugins.gdexp_plugins._common import grid_axes, refuse_intervals, require_gdexp_app
+from hydra_plugins.gdexp_plugins._common import (
+    grid_axes,
+    is_table_record,
+    refuse_intervals,
+    refuse_missing_cuda,
+    require_gdexp_app,
+)
 from hydra_plugins.gdexp_plugins._job_configs import JobConfigs, grid_jobs
 from hydra_plugins.gdexp_plugins._progress import Progress
 
@@ -51,6 +57,7 @@ def job_configs(sweeper: Any, jobs: Sequence[Sequence[str]]) -> list[DictConfig]
             "tracking.enabled and tracking.record cannot be swept; one sweep is one parent run "
             "in one experiment, recorded one way."
         )
+    refuse_missing_cuda(configs)
     return configs
 
 
@@ -61,9 +68,9 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     params = [f"{key}={value}" for key, value in sweeper.params.items()]
     overrides = parser.parse_overrides(params + arguments)
     refuse_intervals(overrides)
-    from hydra_plugins.gdexp_plugins._table_core import is_table_record, table_sweep
-
     if is_table_record(config):  # the grid as axes, never one composed config per config
+        from hydra_plugins.gdexp_plugins._table_core import table_sweep
+
         return table_sweep(sweeper, overrides)
     jobs = grid_jobs(overrides)
     configs = job_configs(sweeper, jobs)

@@ -17,6 +17,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import ConfigError, config_problems
+from hydra_plugins.gdexp_plugins._common import refuse_missing_cuda
 from hydra_plugins.gdexp_plugins._job_configs import JobConfigs
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,6 @@ THEORY_SEEDS = 10
 
 class TableSweepFailed(CompactHydraException):
     pass
-
-
-def is_table_record(config: DictConfig) -> bool:
-    """Whether a config asks for a table sweep (tracking.record=table)."""
-    record = OmegaConf.select(config, "tracking.record")
-    return str(getattr(record, "name", record)) == "table"
 
 
 def _launcher_name(config: DictConfig) -> str:
@@ -101,19 +96,6 @@ def _refuse_launcher(sweeper: Any) -> bool:
     )
 
 
-def _refuse_missing_cuda(grid: Any) -> None:
-    devices = {str(getattr(cfg.device, "name", cfg.device)) for _, cfg in grid.iter_blocks()}
-    if "cuda" not in devices:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "device=cuda: torch sees no CUDA GPU on this machine; use device=cpu, or "
-            "device=auto (CUDA where there is one)."
-        )
-
-
 def table_sweep(sweeper: Any, overrides: Sequence[Override]) -> list:
     config = sweeper.config
     in_process = _refuse_launcher(sweeper)
@@ -131,7 +113,7 @@ def table_sweep(sweeper: Any, overrides: Sequence[Override]) -> list:
     sweep_dir = launch_dir / config.hydra.sweep.dir
     writable_folder(sweep_dir, "the sweep's output folder (hydra.sweep.dir)")
     preflight(resolve_tracking_uri(first.tracking.uri, launch_dir))
-    _refuse_missing_cuda(grid)
+    refuse_missing_cuda(cfg for _, cfg in grid.iter_blocks())
 
     from gdexp import stopping
     from gdexp.grid import DEFAULT_CHUNK
