@@ -90,3 +90,54 @@ def launch(
 
     collect(jobs, handed_back, failed)
     return finished(returns, results)
+
+
+def launch_table(
+    launcher: Any,
+    grid: Any,
+    todo: Sequence[Any],
+    folder: Any,
+    parent_run_id: str,
+    on_chunk: Any,
+) -> list[str]:
+    """A table sweep's chunks on the cluster: whole chunks, up to `configs_per_task` configs a
+    task, one array task each (gdexp.run.run_table_task); each task leaves its chunks' parts in
+    the sweep folder, which the sweep gathers. Returns a line per task that failed."""
+    from gdexp.run import run_table_task
+
+    settings = launcher.settings
+    per_task = int(settings.get("configs_per_task") or 50_000)
+    if per_task < 1:
+        from gdexp.config import ConfigError
+
+        raise ConfigError("hydra.launcher.configs_per_task must be an integer >= 1")
+    tasks: list[list[Any]] = []
+    for chunk in todo:
+        if not tasks or sum(len(c) for c in tasks[-1]) + len(chunk) > per_task:
+            tasks.append([])
+        tasks[-1].append(chunk)
+    if not tasks:
+        return []
+    jobs = executor(settings).map_array(
+        run_table_task,
+        [grid] * len(tasks),
+        tasks,
+        [str(folder)] * len(tasks),
+        [parent_run_id] * len(tasks),
+    )
+    log.info(
+        "Submitted %s configs in %d chunks as %d array tasks (job %s)",
+        f"{sum(len(c) for c in todo):,}", len(todo), len(tasks), array_id(jobs),
+    )  # fmt: skip
+    failures: list[str] = []
+
+    def handed_back(task: int, trained: Any) -> None:
+        for chunk in tasks[task]:
+            on_chunk(chunk)
+
+    def failed(task: int, error: Exception) -> None:
+        chunks = ", ".join(f"{c.start}-{c.stop - 1}" for c in tasks[task])
+        failures.append(f"configs {chunks}: {type(error).__name__}: {str(error)[:300]}")
+
+    collect(jobs, handed_back, failed)
+    return failures

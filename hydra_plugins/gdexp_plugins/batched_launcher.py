@@ -24,6 +24,7 @@ class BatchedLauncherConf:
     # Hydra's per-job folders (<sweep dir>/<job num>/.hydra/: config.yaml, hydra.yaml,
     # overrides.yaml): off, as they cost a dense sweep about a third more time.
     job_folders: bool = False
+    table_chunk: int = 10_000  # a table sweep (tracking.record=table): configs trained together
 
 
 ConfigStore.instance().store(
@@ -32,9 +33,12 @@ ConfigStore.instance().store(
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, progress_seconds: float = 5.0, job_folders: bool = False) -> None:
+    def __init__(
+        self, progress_seconds: float = 5.0, job_folders: bool = False, table_chunk: int = 10_000
+    ) -> None:
         self.progress_seconds = progress_seconds
         self.job_folders = job_folders
+        self.table_chunk = table_chunk
         self.hydra_context: Optional[HydraContext] = None  # noqa: UP045
         self.config: Optional[DictConfig] = None  # noqa: UP045
 

@@ -1,7 +1,9 @@
 """`hydra/launcher=slurm_batched`: a grid split into chunks of `runs_per_task` configs, one SLURM
 array task per chunk (submitted with submitit); each task trains its chunk as one tensor
 computation and logs every config as its own run, exactly as `hydra/launcher=batched` does on
-one machine. The work is in `_slurm_batched_core`, loaded on first use.
+one machine. A table sweep (tracking.record=table) is sent as whole chunks, up to
+`configs_per_task` configs a task, whose rows the sweep gathers. The work is in
+`_slurm_batched_core`, loaded on first use.
 """
 
 from collections.abc import Sequence
@@ -23,6 +25,8 @@ class SlurmBatchedLauncherConf:
     cluster: str = "slurm"  # submitit's executor: slurm, or local (one machine, for trying it)
     partition: Optional[str] = None  # noqa: UP045
     runs_per_task: int = 250
+    configs_per_task: int = 50_000  # a table sweep (tracking.record=table): configs a task
+    table_chunk: int = 10_000  # a table sweep: configs trained together, kept as one part
     timeout_min: int = 30
     cpus_per_task: int = 1
     mem_gb: float = 4.0
@@ -70,3 +74,13 @@ class SlurmBatchedLauncher(Launcher):
         from hydra_plugins.gdexp_plugins._slurm_batched_core import launch
 
         return launch(self, job_overrides, initial_job_idx, configs)
+
+    @property
+    def table_chunk(self) -> int:
+        return int(self.settings.get("table_chunk") or 10_000)
+
+    def launch_table(self, *args: Any) -> list[str]:
+        """A table sweep's chunks, as array tasks (gdexp's sweeper calls it)."""
+        from hydra_plugins.gdexp_plugins._slurm_batched_core import launch_table
+
+        return launch_table(self, *args)
