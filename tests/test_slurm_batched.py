@@ -132,3 +132,28 @@ def test_ctrl_c_cancels_the_array_and_leaves_nothing_running(slurm_cluster, stor
     assert slurm_cluster.squeue() == []  # cancelled, not left to finish
     statuses = {r.info.status for r in store.runs()}
     assert "RUNNING" not in statuses and "KILLED" in statuses
+
+
+def test_a_table_sweep_on_the_cluster_gathers_the_in_process_table_bit_for_bit(
+    slurm_cluster, gdexp_cli, store, tmp_path_factory
+):
+    from test_table_sweep import parents, table_of
+
+    from gdexp import table
+
+    grid = (*GRID, "tracking.record=table", "hydra.launcher.table_chunk=10")
+    on_cluster = chunked(slurm_cluster, store, *grid, "hydra.launcher.configs_per_task=30")
+    output, _ = on_cluster.communicate(timeout=600)
+    assert on_cluster.returncode == 0, output[-5000:]
+    # Blocks of 12 configs (method x dtype) in chunks of 10 and 2: tasks of whole chunks, <= 30.
+    assert "Submitted 72 configs in 12 chunks as 3 array tasks" in output, output[-3000:]
+    local = tmp_path_factory.mktemp("local")
+    done = gdexp_cli("-m", *grid, "hydra/launcher=batched", cwd=local)
+    assert done.returncode == 0, done.stderr
+    [there] = parents(store)
+    [here] = parents(Store(local, f"sqlite:///{local}/mlflow.db"))
+    assert there.info.status == "FINISHED"
+    gathered = table_of(store, there.info.run_id)
+    in_process = table_of(Store(local, f"sqlite:///{local}/mlflow.db"), here.info.run_id)
+    assert gathered.drop(columns="parent_run_id").equals(in_process.drop(columns="parent_run_id"))
+    assert list(gathered.columns) == list(table.COLUMNS) and len(gathered) == 72
