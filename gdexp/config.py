@@ -274,7 +274,7 @@ CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-def _problem(key: str, value: Any, allowed: str) -> str:
+def range_problem(key: str, value: Any, allowed: str) -> str:
     return f"{key}={value!r} is invalid: it must be {allowed}"
 
 
@@ -284,10 +284,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     for key, (allowed, ok) in CHECKS.items():
         value = OmegaConf.select(cfg, key)
         if not ok(value):
-            problems.append(_problem(key, value, allowed))
+            problems.append(range_problem(key, value, allowed))
     known = _schema_keys()
     problems += [
-        _problem(key, value, "removed: it is not a gdexp key (is it misspelled?)")
+        range_problem(key, value, "removed: it is not a gdexp key (is it misspelled?)")
         for key, value in _leaves(cfg)
         if key not in known
     ]
@@ -342,7 +342,7 @@ def value_problems(line: str, key: str, values: typing.Iterable[Any]) -> list[st
             if checked == key or checked.startswith(key + "."):
                 converted = OmegaConf.select(cfg, checked)
                 if not ok(converted):
-                    problems.append(_problem(checked, converted, allowed))
+                    problems.append(range_problem(checked, converted, allowed))
     return list(dict.fromkeys(problems))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from gdexp.config import ConfigError, config_problems, schema_keys
+from gdexp.config import CHECKS, ConfigError, range_problem, schema_keys
 
 # Keys whose values train side by side in one tensor computation; any other swept key changes
 # the loop (its values make blocks).
@@ -66,14 +66,17 @@ def _typed_values(base: DictConfig, key: str, values: Sequence[Any], line: str) 
     """Each value as the config holds it (`1` for a float key is 1.0, `float64` a DType), every
     range problem named before anything runs."""
     scratch = copy.deepcopy(base)
+    allowed, ok = CHECKS.get(key, ("", lambda value: True))
     typed, problems = [], []
     for value in values:
         try:
             OmegaConf.update(scratch, key, value, merge=True)
         except Exception as error:  # a type composition would refuse the same way
             raise ConfigError(f"{line}: {key}={value!r}: {str(error).splitlines()[0]}") from None
-        problems += [p for p in config_problems(scratch) if p.startswith(f"{key}=")]
-        typed.append(OmegaConf.select(scratch, key))
+        converted = OmegaConf.select(scratch, key)
+        if not ok(converted):
+            problems.append(range_problem(key, converted, allowed))
+        typed.append(converted)
     if problems:
         raise ConfigError(
             "Invalid sweep, no run was started:\n  " + "\n  ".join(dict.fromkeys(problems))
@@ -100,6 +103,7 @@ class TableGrid:
         self.structural = [a for a in self.axes if a.key not in VECTOR_KEYS]
         self.vector = [a for a in self.axes if a.key in VECTOR_KEYS]
         self.block_size = math.prod(len(a.values) for a in self.vector)
+        self._blocks: dict[int, DictConfig] = {}
         self.n_blocks = len(self.bases) * math.prod(len(a.values) for a in self.structural)
 
     @classmethod
@@ -148,7 +152,13 @@ class TableGrid:
     # --- blocks and chunks --------------------------------------------------------------------
 
     def block_config(self, block: int) -> DictConfig:
-        """Block `block`'s config: its base with its structural values (vector keys: the base's)."""
+        """Block `block`'s config: its base with its structural values (vector keys: the base's).
+        Made once; not to be changed."""
+        if block not in self._blocks:
+            self._blocks[block] = self._make_block_config(block)
+        return self._blocks[block]
+
+    def _make_block_config(self, block: int) -> DictConfig:
         sizes = [len(self.bases)] + [len(a.values) for a in self.structural]
         base_index, *value_indices = np.unravel_index(block, sizes)
         cfg = copy.deepcopy(self.bases[int(base_index)][1])

@@ -193,3 +193,75 @@ def edge_table(results: pd.DataFrame, theory: pd.DataFrame) -> pd.DataFrame:
 def edge_table_csv(table: pd.DataFrame) -> str:
     """The edge table as CSV text; floats to 6 significant digits, inf and nan spelled out."""
     return table.to_csv(index=False, float_format="%.6g", na_rep="nan")
+
+
+# --- The phase map's cells ---------------------------------------------------------------------
+
+GRID_KEYS = ("batch_size", "order", "step_size")
+GRID_COLUMNS = (
+    *GRID_KEYS,
+    "runs",  # configs in the cell (rows of the results frame)
+    "seeds",  # of them, judged: an outcome (a failed config has none)
+    "diverged_fraction",  # share of the judged seeds whose outcome is `diverged`
+    "not_converged_fraction",  # share whose outcome is stalled, oscillating or diverged
+    "median_loss_ratio",  # median over judged seeds of final_loss / optimal_loss (inf: ≥ half)
+    "full_batch",  # batch_size is all the data (n_points): BGD
+)
+
+
+def phase_grid(results: pd.DataFrame) -> pd.DataFrame:
+    """The cells of a phase map: one row per (batch_size, order, step_size) present in `results`
+    (one row per run: batch_size (effective), shuffle, step_size, seed, outcome, final_loss,
+    optimal_loss; n_points when known), columns `GRID_COLUMNS`, sorted by batch size, order
+    (data order first) and step size.
+
+    A cell's fractions are over its judged seeds (the runs with an outcome); events as in
+    `EVENT_OUTCOMES`. A cell whose runs all failed keeps its row with seeds 0 and nan fractions:
+    no data, not 0. `median_loss_ratio` takes a diverged run's +inf as its loss, so it is inf
+    when at least half the seeds overflowed (pandas' median of an even count averages the two
+    middle values). `full_batch`: the batch is all n_points of the data; without an n_points
+    column, DataConfig's default size.
+    """
+    outcome = results["outcome"]
+    known = outcome.notna().to_numpy()
+    shuffle = results["shuffle"].astype(bool).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = results["final_loss"].to_numpy(dtype=np.float64) / results["optimal_loss"].to_numpy(
+            dtype=np.float64
+        )
+    if "n_points" in results:
+        n_points = results["n_points"].to_numpy()
+    else:
+        from gdexp.config import DataConfig
+
+        n_points = np.full(len(results), DataConfig().n_points)
+    cells = pd.DataFrame(
+        {
+            "batch_size": results["batch_size"].to_numpy(dtype=np.int64),
+            "shuffle": shuffle,  # named after grouping: grouping by a bool is cheaper
+            "step_size": results["step_size"].to_numpy(dtype=np.float64),
+            "runs": 1,
+            "seeds": known.astype(np.int64),
+            "diverged": outcome.isin(EVENT_OUTCOMES[DIVERGED_EVENT]).to_numpy() & known,
+            "not_converged": outcome.isin(EVENT_OUTCOMES[NOT_CONVERGED_EVENT]).to_numpy() & known,
+            "ratio": np.where(known, ratio, np.nan),
+            "full_batch": results["batch_size"].to_numpy() >= n_points,
+        }
+    )
+    grid = (
+        cells.groupby(["batch_size", "shuffle", "step_size"], sort=True)
+        .agg(
+            runs=("runs", "sum"),
+            seeds=("seeds", "sum"),
+            diverged=("diverged", "sum"),
+            not_converged=("not_converged", "sum"),
+            median_loss_ratio=("ratio", "median"),
+            full_batch=("full_batch", "all"),
+        )
+        .reset_index()
+    )
+    seeds = grid["seeds"].where(grid["seeds"] > 0)  # nan: no judged seed, no fraction
+    grid["diverged_fraction"] = grid.pop("diverged") / seeds
+    grid["not_converged_fraction"] = grid.pop("not_converged") / seeds
+    grid.insert(1, "order", np.where(grid.pop("shuffle"), SHUFFLED, DATA_ORDER))
+    return grid[list(GRID_COLUMNS)]

@@ -22,16 +22,24 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib import patheffects as pe
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colorbar import Colorbar
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.patches import Patch
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullLocator,
+)
 from matplotlib.transforms import blended_transform_factory
 
 from gdexp.names import METHOD_ORDER, method_short, method_title
@@ -776,4 +784,279 @@ def parameter_path(
             )
         )
     _outside_legend(fig, handles, ncols=min(len(handles), 3))
+    return fig
+
+
+# --- Phase map: step size × batch size, a panel per order --------------------------------------
+
+PHASE_COLOR_LABEL = "fraction of seeds diverged"
+# The colour bar's blocks: a cell is in the last block whose lower end its fraction reaches.
+# "none" and "all" are blocks of their own (a single seed of 100 diverging must not look like
+# none), and one block starts at exactly half: the measured edge (edges.measured_edges) is the
+# first step size whose cell is in that block or above.
+PHASE_BLOCKS = (
+    (0.0, "none"),
+    (1e-9, "> 0"),
+    (0.25, "≥ ¼"),
+    (0.5, "≥ ½"),
+    (0.75, "≥ ¾"),
+    (1.0 - 1e-9, "all"),
+)
+# Light (none) to dark red (all): YlOrRd sampled; the first block is nearly white, so that the
+# calm region recedes and the edges drawn over it stand out.
+PHASE_CMAP = "YlOrRd"
+PHASE_CMAP_POSITIONS = (0.0, 0.22, 0.4, 0.58, 0.76, 1.0)
+NO_DATA_COLOR = "0.62"  # a grey the colour map does not contain
+NO_DATA_LABEL = "no data (no run judged)"
+ORDER_TITLES = {
+    "data order": "data order (the same every epoch)",
+    "shuffled": "shuffled each epoch",
+}
+THEORY_DIVERGE_LABEL = "theory: diverges from here, ρ(M) = 1 (exact)"
+THEORY_DIVERGE_ESTIMATE_LABEL = "theory, shuffled: diverges from here (an estimate)"
+THEORY_SETTLE_HIGH_LABEL = "theory: settles high from here (exact; median over the seeds' data)"
+WORST_BATCH_LABEL = "proven: no run diverges below (worst batch's 2/λmax)"
+MEASURED_NOT_CONVERGED_LABEL = "measured: ≥ ½ of the seeds not converged from here"
+EDGE_HALF_HEIGHT = 0.4  # a row is 1 high; an edge's segment leaves a gap to the next row
+# Over the colour map: the mesh lowest, theory over it (thin, dashed, a white halo, so that it
+# shows on pale and dark cells alike), measured edges over theory.
+MESH_Z = 1.0
+HALO = (pe.Stroke(linewidth=3.2, foreground="white", alpha=0.85), pe.Normal())
+# label -> style of theory's edges (segments) and measured edges (markers)
+PHASE_THEORY_STYLES = {
+    THEORY_DIVERGE_LABEL: {"color": THEORY_COLOR, "linestyle": "--", "linewidth": 1.5},
+    THEORY_DIVERGE_ESTIMATE_LABEL: {
+        "color": THEORY_COLOR,
+        "linestyle": (0, (1.5, 1.2)),
+        "linewidth": 1.8,
+    },
+    THEORY_SETTLE_HIGH_LABEL: {"color": "tab:blue", "linestyle": "--", "linewidth": 1.5},
+    WORST_BATCH_LABEL: {"color": "0.15", "linestyle": ":", "linewidth": 1.2},
+}
+PHASE_MEASURED_STYLES = {
+    MEASURED_NOT_CONVERGED_LABEL: {"marker": "o", "facecolor": "white", "edgecolor": "black"},
+}
+
+
+def phase_colors() -> list[tuple[float, float, float, float]]:
+    """The colour of each of `PHASE_BLOCKS`."""
+    cmap = colormaps[PHASE_CMAP]
+    return [tuple(cmap(p)) for p in PHASE_CMAP_POSITIONS]
+
+
+def phase_norm() -> BoundaryNorm:
+    """Fraction of seeds -> block of `PHASE_BLOCKS` (the colour map's index)."""
+    lows = [low for low, _ in PHASE_BLOCKS]
+    return BoundaryNorm([*lows, 1.0 + 1e-9], len(lows))
+
+
+def _log_cell_edges(values: np.ndarray) -> np.ndarray:
+    """Edges of cells centred (on a log scale) on sorted positive `values`: midway between
+    neighbours; the outer cells as wide as their neighbour's half; a single value gets half a
+    decade."""
+    logs = np.log10(values)
+    if len(logs) == 1:
+        return 10.0 ** (logs[0] + np.array([-0.25, 0.25]))
+    mids = (logs[1:] + logs[:-1]) / 2
+    return 10.0 ** np.concatenate(
+        [[logs[0] - (mids[0] - logs[0])], mids, [logs[-1] + (logs[-1] - mids[-1])]]
+    )
+
+
+def _edge_segments(xs: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+    return [
+        np.array([[x, r - EDGE_HALF_HEIGHT], [x, r + EDGE_HALF_HEIGHT]])
+        for x, r in zip(xs, rows, strict=True)
+    ]
+
+
+def _phase_edges(edges: pd.DataFrame, row_of: dict[int, int], order: str, x_lim) -> dict:
+    """label -> (step sizes, rows) of the edges to draw in the panel of `order`, each inside the
+    panel's step sizes `x_lim`; labels with nothing to draw left out."""
+    from gdexp.analysis import edges as edge_module
+    from gdexp.theory import ESTIMATE, EXACT
+
+    of_order = edges[(edges["order"] == order) & edges["batch_size"].isin(list(row_of))]
+    by_event = {
+        e: of_order[of_order["event"] == e].set_index("batch_size") for e in edge_module.EVENTS
+    }
+    diverged = by_event[edge_module.DIVERGED_EVENT]
+    not_converged = by_event[edge_module.NOT_CONVERGED_EVENT]
+    found: dict[str, list[tuple[float, int]]] = {}
+
+    def add(label: str, value, batch) -> None:
+        value = float(value)
+        if np.isfinite(value) and x_lim[0] <= value <= x_lim[1]:
+            found.setdefault(label, []).append((value, row_of[int(batch)]))
+
+    if "theory_kind" in of_order:
+        for batch, row in diverged.iterrows():
+            if row["theory_kind"] == EXACT:
+                add(THEORY_DIVERGE_LABEL, row["theory_step_size"], batch)
+            elif row["theory_kind"] == ESTIMATE:
+                add(THEORY_DIVERGE_ESTIMATE_LABEL, row["theory_step_size"], batch)
+        for batch, row in not_converged.iterrows():
+            # Settling high is an edge of its own only below divergence; where theory's
+            # verdict goes from "converges" straight to "diverges" the two coincide.
+            settle = float(row["theory_step_size"])
+            diverge = float(diverged["theory_step_size"].get(batch, np.inf))
+            if row["theory_kind"] == EXACT and settle < diverge * (1 - 1e-9):
+                add(THEORY_SETTLE_HIGH_LABEL, settle, batch)
+        for batch, bound in of_order.groupby("batch_size")["worst_batch_bound"].min().items():
+            add(WORST_BATCH_LABEL, bound, batch)
+    if "measured_step_size" in of_order:
+        # Only "not converged": the measured divergence edge is the colour's own step into ≥ ½.
+        for batch, row in not_converged.iterrows():
+            add(MEASURED_NOT_CONVERGED_LABEL, row["measured_step_size"], batch)
+    return {label: np.array(points).T for label, points in found.items()}
+
+
+def phase_map(results: pd.DataFrame, edges: pd.DataFrame | None = None) -> Figure:
+    """The phase map: step size (log, x) × batch size (a row each, y), a panel per order (data
+    order; shuffled each epoch), each cell coloured by the fraction of its seeds that diverged.
+
+    Colour is the fraction of seeds diverged, not the median final loss over the optimum: it is
+    bounded (0 to 1, one scale for every cell and any number of seeds), the measured edge is
+    defined on it (the first step size where at least half the seeds diverged: the colour bar has
+    a block starting at ½, so the edge is where the row turns into it), and it shows the spread of
+    seeds at the edge. The loss ratio is inf wherever half the seeds overflow, spans 1 to 1e30
+    below that, and is high at both ends of a row: BGD at step 0.001 ends 3000× above the optimum
+    after 20 epochs (too few epochs), the same colour as SGD settling high at 0.07 (too large a
+    step) — it mixes up the two. (`edges.phase_grid` computes it, and the fraction not converged,
+    for a table.) Fractions are over a cell's judged seeds; a cell without any (absent from the
+    grid, or every run failed) is grey, "no data", never 0.
+
+    `edges`: an `edges.edge_table` frame (or `measured_edges`, or `theory_edge_summary`: what
+    it has is drawn); None draws the map alone, no edges at all — the measured divergence edge
+    is still there to see, as the colour's step into "≥ ½". Drawn per row, over the colour:
+    theory's edges as dashed or dotted segments with a white halo (seen on pale and dark cells
+    alike, thin enough to leave them readable) — where a run diverges (ρ(M) = 1: exact in data
+    order and for BGD; shuffled, an estimate from sampled orders; a bracket has none), where it
+    settles high (its fixed point's loss leaves the optimum: exact, data order only, the median
+    over the seeds' data, drawn only where it comes before divergence), and the proven bound
+    below which no run diverges (the worst batch's 2/λmax); over them, as ○ on its cell, the
+    measured edge of not converging (the first step size where at least half the seeds
+    stalled, oscillated or diverged), theory's settle-high edge's counterpart, which the colour
+    does not show. An edge outside the measured step sizes is not drawn. Every kind drawn has a
+    legend entry below the panels, and nothing else has one.
+
+    Rows are the batch sizes present, evenly spaced (1 is SGD; all of the data, BGD); columns
+    the step sizes present in any panel, each cell reaching midway (log) to its neighbours.
+    Plotting aggregates first (`edges.phase_grid`) and draws one mesh per panel: 140,000 runs
+    draw as fast as 1,400.
+    """
+    from gdexp.analysis.edges import phase_grid
+    from gdexp.theory import DATA_ORDER, SHUFFLED
+
+    grid = phase_grid(results)
+    orders = [o for o in (DATA_ORDER, SHUFFLED) if (grid["order"] == o).any()]
+    batches = sorted(int(b) for b in grid["batch_size"].unique())
+    row_of = {b: i for i, b in enumerate(batches)}
+    steps = np.unique(grid["step_size"].to_numpy(dtype=np.float64))
+    x_edges = _log_cell_edges(steps)
+    y_edges = np.arange(len(batches) + 1) - 0.5
+    x_lim = (float(x_edges[0]), float(x_edges[-1]))
+    full = set(grid.loc[grid["full_batch"], "batch_size"].astype(int))
+
+    colors = phase_colors()
+    cmap = ListedColormap(colors)
+    norm = phase_norm()
+    fig = Figure(figsize=(5.6 * len(orders) + 1.4, 2.4 + 0.45 * len(batches)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(1, len(orders), squeeze=False, sharey=True)[0])
+    drawn: set[str] = set()
+    for ax, order in zip(axes, orders, strict=True):
+        cells = grid[grid["order"] == order]
+        # The panel's array: (batch sizes, step sizes), nan where no cell or no judged seed.
+        fraction = np.full((len(batches), len(steps)), np.nan)
+        rows = cells["batch_size"].map(row_of).to_numpy()
+        columns = np.searchsorted(steps, cells["step_size"].to_numpy())
+        fraction[rows, columns] = cells["diverged_fraction"].to_numpy()
+        missing = np.isnan(fraction)
+        mesh = ax.pcolormesh(
+            x_edges, y_edges, np.ma.masked_invalid(fraction), cmap=cmap, norm=norm, zorder=MESH_Z
+        )
+        _tag(mesh, PHASE_COLOR_LABEL)
+        if missing.any():
+            gaps = ax.pcolormesh(
+                x_edges,
+                y_edges,
+                np.ma.masked_array(np.zeros_like(fraction), mask=~missing),
+                cmap=ListedColormap([NO_DATA_COLOR]),
+                zorder=MESH_Z,
+            )
+            _tag(gaps, NO_DATA_LABEL)
+            drawn.add(NO_DATA_LABEL)
+        for i in range(1, len(batches)):  # white rules between the rows
+            ax.axhline(i - 0.5, color="white", linewidth=1.0, zorder=MESH_Z + 0.1)
+        if edges is not None:
+            for label, (xs, ys) in _phase_edges(edges, row_of, order, x_lim).items():
+                if label in PHASE_THEORY_STYLES:
+                    lines = LineCollection(
+                        _edge_segments(xs, ys), zorder=THEORY_Z, **PHASE_THEORY_STYLES[label]
+                    )
+                    lines.set_path_effects(HALO)
+                    ax.add_collection(lines, autolim=False)
+                    _tag(lines, label)
+                else:
+                    style = PHASE_MEASURED_STYLES[label]
+                    points = ax.scatter(xs, ys, s=28, linewidths=1.0, zorder=MEASURED_Z, **style)
+                    _tag(points, label)
+                drawn.add(label)
+        ax.set_xscale("log")
+        # Labels at 1, 2, 5 of each decade (every digit on a narrow grid).
+        decades = np.log10(x_lim[1] / x_lim[0])
+        subs = (1.0, 2.0, 5.0) if decades >= 1.5 else np.arange(1.0, 10.0)
+        ax.xaxis.set_major_locator(LogLocator(subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # No minor ticks: 1, 2, 5 mark the scale, and each tick is artists to lay out.
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(*x_lim)
+        ax.set_ylim(y_edges[0], y_edges[-1])
+        seeds = cells["seeds"]
+        per_cell = (
+            f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+        )
+        ax.set_title(
+            f"{ORDER_TITLES.get(order, order)}\n{int(cells['runs'].sum()):,} runs, "
+            f"{per_cell} seeds a cell",
+            fontsize="medium",
+        )
+        ax.set_xlabel("step size")
+        ax.tick_params(axis="y", length=0)
+    labels = []
+    for b in batches:
+        words = [w for w, on in (("SGD", b == 1), ("BGD", b in full)) if on]
+        labels.append(f"{b} ({', '.join(words)})" if words else f"{b}")
+    axes[0].set_yticks(range(len(batches)), labels)
+    axes[0].set_ylabel("batch size")
+
+    mappable = ScalarMappable(BoundaryNorm(np.arange(len(colors) + 1) - 0.5, len(colors)), cmap)
+    bar = fig.colorbar(mappable, ax=axes, pad=0.01, aspect=25, ticks=np.arange(len(colors)))
+    bar.set_ticklabels([label for _, label in PHASE_BLOCKS])
+    bar.ax.tick_params(labelsize="small")
+    bar.minorticks_off()
+    bar.set_label(PHASE_COLOR_LABEL)
+
+    handles = []
+    for label, style in PHASE_THEORY_STYLES.items():
+        if label in drawn:
+            handles.append(_proxy(label, path_effects=HALO, **style))
+    for label, style in PHASE_MEASURED_STYLES.items():
+        if label in drawn:
+            handles.append(
+                _proxy(
+                    label,
+                    marker=style["marker"],
+                    markersize=6,
+                    markerfacecolor=style["facecolor"],
+                    markeredgecolor=style["edgecolor"],
+                    markeredgewidth=1.0,
+                    color=style["facecolor"],
+                )
+            )
+    if NO_DATA_LABEL in drawn:
+        handles.append(Patch(facecolor=NO_DATA_COLOR, label=NO_DATA_LABEL))
+    if handles:
+        _outside_legend(fig, handles, ncols=min(len(handles), 2))
     return fig
