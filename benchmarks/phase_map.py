@@ -1,10 +1,13 @@
-"""The floors of a dense phase map (issue 17), side by side in one run: the compute floor (the
-grid's arithmetic as plain tensors) and the import floor (what any gdexp process pays to start).
+"""A dense phase map (`+sweeps=phase_map`, a table sweep) against its floors and against the runs
+record, side by side in one run: the table sweep end to end, the compute floor (the grid's
+arithmetic as plain tensors), the import floor (what any gdexp process pays to start), and the
+runs record (an MLflow run per config) on a subsample, scaled to the grid.
 
     python benchmarks/phase_map.py              # 100 seeds: 140,000 configs
     python benchmarks/phase_map.py --seeds 714  # 999,600 configs, about 10^6
     python benchmarks/phase_map.py --reps 3     # medians of 3 interleaved repetitions
     python benchmarks/phase_map.py --threads 0  # torch's own thread count (default: 1)
+    python benchmarks/phase_map.py --only-floors
 
 The grid: mini-batch GD at batch sizes 1, 2, 5, 10, 20, 50, 100 on the 100-point reference data,
 in data order and shuffled each epoch, x 100 log-spaced step sizes 1e-3 ... 1 x seeds 0 ... N-1,
@@ -18,6 +21,16 @@ order, the signature run_grid groups by).
                  table columns (outcome, final loss, w, b, diverged_at_epoch). No configs, no
                  tracking, no files. Memory is one chunk plus the table, not the grid.
   import floor   python -c "import torch, mlflow", a fresh process
+  table sweep    python -m gdexp -m +sweeps=phase_map seed=range(0,N) tracking.resume=false,
+                 a fresh process on a store made beforehand: composition, training, the
+                 table gathered and logged, the edge table (theory on 10 seeds' data) and the
+                 phase map; and when training began (its "Table sweep of" line)
+  runs record    the same command with tracking.record=runs hydra/launcher=batched (the fastest
+                 runs path) on every 10th step size, for one seed (140 configs) and two (280):
+                 the difference is its cost a config past start-up, scaled to the grid
+
+On a GPU the table sweep trains there (the phase map says device=auto); the floors stay on the
+CPU.
 
 --threads sets torch's threads in the compute floor: 1 by default, since a dense grid is many
 independent chunks (cores are better used by processes over chunks), and on a machine whose cores
@@ -28,17 +41,21 @@ or more.
 
 Each variant reports its wall time (the compute floor's without its imports: that is the import
 floor's), configs/s and its process's peak RSS (ru_maxrss from wait4). The targets: a phase map
-end to end within 1.5x (compute floor + import floor); peak RSS <= 2 GB at 10^6 configs.
+end to end within 1.5x (compute floor + import floor), and at least 300x the configs per second
+of the runs record; peak RSS <= 2 GB at 10^6 configs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,16 +127,31 @@ def compute_floor(n_seeds: int, chunk: int, threads: int) -> dict:
     }
 
 
-def measured(command: list[str]) -> tuple[float, float, str]:
-    """A fresh process: its wall time, peak RSS in MB and stdout."""
+def measured(
+    command: list[str], cwd: str | None = None, mark: str | None = None
+) -> tuple[float, float, str, float | None]:
+    """A fresh process: its wall time, peak RSS in MB, stdout and stderr, and when (s after its
+    start) it first printed a line containing `mark`."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    out = child.stdout.read() if child.stdout else ""
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd
+    )
+    lines, marked = [], None
+    for line in child.stdout or ():
+        lines.append(line)
+        if mark is not None and marked is None and mark in line:
+            marked = time.perf_counter() - start
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
-        raise RuntimeError(f"{command} failed with {child.returncode}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, out
+        raise RuntimeError(f"{command} failed with {child.returncode}:\n{''.join(lines)[-3000:]}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, "".join(lines), marked
+
+
+GDEXP = [sys.executable, "-m", "gdexp", "-m", "+sweeps=phase_map", "tracking.resume=false"]
+# The runs record's subsample: every 10th step size of the phase map, one seed, then two.
+SUBSAMPLE_STEPS = "step_size=" + ",".join(f"{v:.4g}" for v in list(
+    __import__("numpy").logspace(-3, 0, STEP_SIZES))[::10])  # fmt: skip
 
 
 def main() -> None:
@@ -130,54 +162,100 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads in the compute floor (0: torch's)"
     )
+    parser.add_argument(
+        "--only-floors", action="store_true", help="the floors alone (no gdexp command)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(compute_floor(args.seeds, args.chunk, args.threads)))
         return
 
+    scratch = Path(tempfile.mkdtemp(prefix="gdexp-phase-map-"))
+    store = f"sqlite:///{scratch}/mlflow.db"
+    # The store exists before anything is timed: its creation is a one-off, not a sweep's cost.
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({store!r})"
+                    ".search_experiments()"], check=True, capture_output=True)  # fmt: skip
     compute = [
         sys.executable, str(Path(__file__).resolve()), "--child",
         "--seeds", str(args.seeds), "--chunk", str(args.chunk),
         "--threads", str(args.threads),
     ]  # fmt: skip
     imports = [sys.executable, "-c", "import torch, mlflow"]
+    table_sweep = [
+        *GDEXP, f"seed=range(0,{args.seeds})", f"tracking.uri={store}",
+        "hydra/launcher=batched", f"hydra.launcher.table_chunk={args.chunk}",
+    ]  # fmt: skip
+
+    def runs_record(seeds: int) -> list[str]:
+        return [*GDEXP, "tracking.record=runs", "hydra/launcher=batched", SUBSAMPLE_STEPS,
+                f"seed=range(0,{seeds})", f"tracking.uri={store}"]  # fmt: skip
+
     size = len(BATCH_SIZES) * len(ORDERS) * STEP_SIZES * args.seeds
+    sub = len(BATCH_SIZES) * len(ORDERS) * (STEP_SIZES // 10)
     print(
         f"Phase map: {size:,} configs ({args.seeds} seeds x {STEP_SIZES} step sizes x "
         f"{len(BATCH_SIZES)} batch sizes x {len(ORDERS)} orders, {EPOCHS} epochs), "
         f"chunks of <= {args.chunk:,} configs, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at the start"
     )
-    times: dict[str, list[float]] = {"import floor": [], "compute floor": []}
-    rss: dict[str, list[float]] = {"import floor": [], "compute floor": []}
+    names = ["import floor", "compute floor"]
+    if not args.only_floors:
+        names += ["table sweep", f"runs record, {sub}", f"runs record, {2 * sub}"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rss: dict[str, list[float]] = {name: [] for name in names}
+    started: list[float] = []
     result: dict = {}
     for rep in range(args.reps):
-        order = ["import floor", "compute floor"][:: 1 if rep % 2 == 0 else -1]
-        for name in order:
-            seconds, peak, out = measured(imports if name == "import floor" else compute)
-            if name == "compute floor":
+        for name in names[:: 1 if rep % 2 == 0 else -1]:
+            if name == "import floor":
+                seconds, peak, out, _ = measured(imports)
+            elif name == "compute floor":
+                seconds, peak, out, _ = measured(compute)
                 result = json.loads(out)
                 seconds = result["seconds"]  # without its imports: the import floor's
+            elif name == "table sweep":
+                seconds, peak, out, at = measured(table_sweep, str(scratch), "Table sweep of")
+                started.append(at or math.nan)
+            else:
+                seeds = 1 if name.endswith(f" {sub}") else 2
+                seconds, peak, out, _ = measured(runs_record(seeds), str(scratch))
             times[name].append(seconds)
             rss[name].append(peak)
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    print(f"  {'':<16}{'time':>9}{'configs/s':>12}{'peak RSS':>11}")
-    for name in times:
-        rate = f"{size / median(times[name]):>12,.0f}" if name == "compute floor" else f"{'':>12}"
-        print(f"  {name:<16}{median(times[name]):>7.2f} s{rate}{median(rss[name]):>8.0f} MB")
+    print(f"  {'':<24}{'time':>9}{'configs/s':>12}{'peak RSS':>11}")
+    counts = {"compute floor": size, "table sweep": size,
+              f"runs record, {sub}": sub, f"runs record, {2 * sub}": 2 * sub}  # fmt: skip
+    for name in names:
+        rate = f"{counts[name] / median(times[name]):>12,.0f}" if name in counts else " " * 12
+        print(f"  {name:<24}{median(times[name]):>7.2f} s{rate}{median(rss[name]):>8.0f} MB")
     floor = median(times["compute floor"]) + median(times["import floor"])
+    print(f"  floors together {floor:.2f} s (compute + import)")
+    print(f"  torch threads in the compute floor: {result['threads']}; outcomes: "
+          f"{result['outcomes']}")  # fmt: skip
+    if args.only_floors:
+        return
+    end_to_end = median(times["table sweep"])
+    per_run = median(times[f"runs record, {2 * sub}"]) - median(times[f"runs record, {sub}"])
+    per_run /= sub
     print(
-        f"  floors together {floor:.2f} s: a phase map end to end has a target of "
-        f"1.5x = {1.5 * floor:.1f} s; the compute floor is "
-        f"{median(times['compute floor']) / median(times['import floor']):.1f}x the import floor"
+        f"  table sweep end to end: {end_to_end:.2f} s = {end_to_end / floor:.2f}x the floors "
+        f"(target <= 1.5x); training began {median(started):.2f} s after its start, "
+        f"{median(started) - median(times['import floor']):.2f} s past the import floor"
     )
-    print(f"  torch threads: {result['threads']}; outcomes: {result['outcomes']}")
-    if median(rss["compute floor"]) > 2048:
-        print("  peak RSS above the 2 GB target")
+    print(
+        f"  runs record: {1000 * per_run:.1f} ms a config past start-up (from {sub} to "
+        f"{2 * sub} configs), so {size:,} configs would take {size * per_run / 60:.0f} min; "
+        f"the table sweep records {per_run * size / end_to_end:,.0f}x the configs per second "
+        "(target >= 300x)"
+    )
+    for name in names:
+        if median(rss[name]) > 2048:
+            print(f"  {name}: peak RSS above the 2 GB target")
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -386,16 +386,21 @@ def run_table_chunks(
     it is done (gdexp.table.write_chunk); a stop asked for ends it between epochs or chunks,
     the chunk in flight dropped. Returns the configs trained."""
     from gdexp import table
+    from gdexp.train import torch_threads
 
     data = ChunkData()
     trained = 0
-    for chunk in chunks:
-        stopping.check()  # between chunks
-        rows = train_table_chunk(grid, chunk, parent_run_id, data)
-        table.write_chunk(folder, chunk.start, chunk.stop, rows)
-        trained += len(chunk)
-        if on_chunk is not None:
-            on_chunk(chunk)
+    # One thread: a grid is many independent chunks, and a second thread that loses its core to
+    # other work stalls every step of the first (benchmarks/phase_map.py: 5.4 s on one thread,
+    # 30.8 s on two, 2 cores at load 2.3). Cores are used by processes over chunks (SLURM tasks).
+    with torch_threads(1):
+        for chunk in chunks:
+            stopping.check()  # between chunks
+            rows = train_table_chunk(grid, chunk, parent_run_id, data)
+            table.write_chunk(folder, chunk.start, chunk.stop, rows)
+            trained += len(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
     return trained
 
 

@@ -236,7 +236,7 @@ def train_arrays(
     # Each step works on configs × batch numbers; below ~1e5 of them, handing work to other
     # threads costs more than it saves (measured: 1,000 SGD configs train 2-4× faster on one).
     threads = 1 if n_configs * batch < 100_000 else torch.get_num_threads()
-    with _torch_threads(threads if device.type == "cpu" else torch.get_num_threads()):
+    with torch_threads(threads if device.type == "cpu" else torch.get_num_threads()):
         return _train_arrays(
             datasets,
             step_size,
@@ -255,7 +255,8 @@ def train_arrays(
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to `n` inside the block (as it was after it)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -171,6 +171,8 @@ def test_an_interrupted_table_sweep_keeps_its_chunks_and_resumes_to_the_same_tab
         (["tracking.record=table"], "a single run is recorded as a run"),
         (["-m", "hydra/sweeper=basic", "tracking.record=table", "seed=0,1"],
          "needs gdexp's grid sweeper"),
+        (["-m", "hydra/sweeper=optuna", "tracking.record=table", "step_size=interval(0.01,1)"],
+         "hydra/sweeper=optuna hands out configs one by one"),
         (["-m", "hydra/launcher=joblib", "tracking.record=table", "seed=0,1"],
          "hydra/launcher=joblib runs one config per job"),
         (["-m", "tracking.record=table", "tracking.enabled=false", "seed=0,1"],
