@@ -1018,7 +1018,7 @@ def phase_map(results: pd.DataFrame, edges: pd.DataFrame | None = None) -> Figur
             f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
         )
         ax.set_title(
-            f"{ORDER_TITLES.get(order, order)}\n{int(cells['runs'].sum()):,} runs, "
+            f"{ORDER_TITLES.get(order, order)}\n{int(cells['runs'].sum()):,} configs, "
             f"{per_cell} seeds a cell",
             fontsize="medium",
         )
