@@ -65,6 +65,23 @@ def claim_folder(folder: Path) -> int:
     return fd
 
 
+def earlier_attempt(tracker: Tracker, identity: str, code: str) -> Run | None:
+    """The latest sweep of this identity (its grid) in the experiment, to resume; refused if
+    other code made it (its numbers would not be comparable)."""
+    earlier = tracker.search(f"tags.`{names.SWEEP_HASH_TAG}` = '{identity}'")
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda run: run.info.start_time)
+    old_code = latest.data.tags.get(names.CODE_TAG, "unknown")
+    if old_code != code:
+        raise CodeChanged(
+            f"This sweep was started ({latest.info.run_id}) with code {old_code}; the code is "
+            f"now {code}, so its results would not be comparable. Start it afresh with "
+            "tracking.resume=false."
+        )
+    return latest
+
+
 def grid_hash(config_hashes: Sequence[str]) -> str:
     """A sweep's identity: the set of its configs (each a config hash)."""
     return hashlib.sha256(" ".join(sorted(set(config_hashes))).encode()).hexdigest()[:32]
@@ -161,24 +178,15 @@ class Sweep:
         code = record.code_fingerprint()
         identity = grid_hash(config_hashes) if config_hashes is not None else None
         parent, done = None, {}
-        if identity is not None and resume:
-            earlier = tracker.search(f"tags.`{names.SWEEP_HASH_TAG}` = '{identity}'")
-            if earlier:
-                latest = max(earlier, key=lambda run: run.info.start_time)
-                old_code = latest.data.tags.get(names.CODE_TAG, "unknown")
-                if old_code != code:
-                    raise CodeChanged(
-                        f"This sweep was started ({latest.info.run_id}) with code {old_code}; the "
-                        f"code is now {code}, so its runs would not be comparable. Start it afresh "
-                        "with tracking.resume=false."
-                    )
-                parent = latest.info.run_id
-                done = {
-                    run.data.tags[names.CONFIG_HASH_TAG]: run
-                    for run in tracker.children(parent, "FINISHED")
-                    if names.CONFIG_HASH_TAG in run.data.tags
-                }
-                tracker.client.update_run(parent, status="RUNNING")
+        latest = earlier_attempt(tracker, identity, code) if identity and resume else None
+        if latest is not None:  # the earlier attempt's parent, reopened
+            parent = latest.info.run_id
+            done = {
+                run.data.tags[names.CONFIG_HASH_TAG]: run
+                for run in tracker.children(parent, "FINISHED")
+                if names.CONFIG_HASH_TAG in run.data.tags
+            }
+            tracker.client.update_run(parent, status="RUNNING")
         n_runs = len(set(config_hashes)) if config_hashes is not None else None
         if parent is None:
             tags = {
@@ -369,15 +377,18 @@ class Sweep:
                 "command again to resume.", why, first_line(error),
             )  # fmt: skip
             return
+        log.error(
+            "Sweep interrupted (%s): %s Parent run %s is KILLED. Run the same command again to "
+            "resume.", why, self._what_was_kept(tally), self.parent_run_id,
+        )  # fmt: skip
+
+    def _what_was_kept(self, tally: Tally) -> str:
         in_flight = (
             f"{tally.killed_in_flight} run(s) in flight marked KILLED"
             if tally.killed_in_flight
             else "no run in flight"
         )
-        log.error(
-            "Sweep interrupted (%s): %s; %d finished. Parent run %s is KILLED. Run the same "
-            "command again to resume.", why, in_flight, tally.finished, self.parent_run_id,
-        )  # fmt: skip
+        return f"{in_flight}; {tally.finished} finished."
 
 
 # Whether an interrupted sweep of this process has said so (the command then says no more).
@@ -571,23 +582,14 @@ class TableSweep(Sweep):
         identity = f"table-{grid_identity}"
         n_configs = sum(stop - start for start, stop in chunks)
         parent = None
-        if resume:
-            earlier = tracker.search(f"tags.`{names.SWEEP_HASH_TAG}` = '{identity}'")
-            if earlier:
-                latest = max(earlier, key=lambda run: run.info.start_time)
-                old_code = latest.data.tags.get(names.CODE_TAG, "unknown")
-                if old_code != code:
-                    raise CodeChanged(
-                        f"This sweep was started ({latest.info.run_id}) with code {old_code}; the "
-                        f"code is now {code}, so its configs would not be comparable. Start it "
-                        "afresh with tracking.resume=false."
-                    )
-                parent = latest.info.run_id
-                old_folder = Path(latest.data.tags.get(names.SWEEP_DIR_TAG, ""))
-                if old_folder != folder.resolve() and old_folder.is_dir():
-                    table.adopt_chunks(folder, old_folder)
-                tracker.client.set_tag(parent, names.SWEEP_DIR_TAG, str(folder.resolve()))
-                tracker.client.update_run(parent, status="RUNNING")
+        latest = earlier_attempt(tracker, identity, code) if resume else None
+        if latest is not None:  # the earlier attempt's parent, reopened with its kept chunks
+            parent = latest.info.run_id
+            old_folder = Path(latest.data.tags.get(names.SWEEP_DIR_TAG, ""))
+            if old_folder != folder.resolve() and old_folder.is_dir():
+                table.adopt_chunks(folder, old_folder)
+            tracker.client.set_tag(parent, names.SWEEP_DIR_TAG, str(folder.resolve()))
+            tracker.client.update_run(parent, status="RUNNING")
         if parent is None:
             tags = {
                 **record.provenance_tags(),
@@ -656,23 +658,8 @@ class TableSweep(Sweep):
         if self in _open_sweeps:
             _open_sweeps.remove(self)
 
-    def close_interrupted(self) -> None:
-        global _interruption_reported
-        if self.closed:
-            return
-        why = stopping.requested() or "SIGINT"
-        _interruption_reported = True
-        try:
-            tally = self.close(interrupted=True)
-        except Exception as error:
-            log.error(
-                "Sweep interrupted (%s); its end could not be recorded (%s). Run the same "
-                "command again to resume.", why, first_line(error),
-            )  # fmt: skip
-            return
-        log.error(
-            "Sweep interrupted (%s): %s of %s configs finished, kept in the parent's partial "
-            "table (the chunk in flight is dropped). Parent run %s is KILLED. Run the same "
-            "command again to resume.", why, f"{tally.rows:,}", f"{tally.configs:,}",
-            self.parent_run_id,
-        )  # fmt: skip
+    def _what_was_kept(self, tally: TableTally) -> str:  # type: ignore[override]
+        return (
+            f"{tally.rows:,} of {tally.configs:,} configs finished, kept in the parent's partial "
+            "table (the chunk in flight is dropped)."
+        )

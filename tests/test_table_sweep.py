@@ -17,18 +17,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import GdexpCli, Store, clean_env
+from test_batched import GRID  # 72 configs: every outcome, in float32 and float64
 
 from gdexp import names, table
 from gdexp.theory import bgd_threshold
 
-GRID = [
-    "method=bgd,sgd,minibatch",
-    "step_size=0.001,0.1,1.5",
-    "seed=0,1",
-    "dtype=float32,float64",
-    "data.noise_std=0,0.4",
-    "epochs=8",
-]  # 72 configs: converged, converging and diverged (including inf/NaN) in both dtypes
 CONFIG_KEY = ["method", "batch_size", "step_size", "seed", "dtype", "noise_std"]
 SAME = [*table.CONFIG_COLUMNS, *table.RESULT_COLUMNS, *table.HISTORY_COLUMNS]
 
