@@ -23,11 +23,11 @@ class Progress:
         log.info(
             "Progress: %d/%d %s (%.0f%%), %.1f %s/s, %s left",
             done, self.total, self.what, 100 * done / self.total, rate, self.what,
-            _duration(left),
+            duration(left),
         )  # fmt: skip
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds == float("inf"):
         return "unknown"
     minutes, secs = divmod(round(seconds), 60)

@@ -16,6 +16,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from gdexp import names
 from gdexp.config import ConfigError, config_problems
 from hydra_plugins.gdexp_plugins._common import refuse_missing_cuda
 from hydra_plugins.gdexp_plugins._job_configs import JobConfigs
@@ -177,24 +178,22 @@ def table_sweep(sweeper: Any, overrides: Sequence[Override]) -> list:
             f"(the parent run {sweep.parent_run_id} is FAILED, with the rows that were):\n  "
             f"{lines}\nRun the same command again: the chunks done are kept."
         )
-    edges = annotate(sweep, tally)
+    try:
+        edges = edge_text(annotate(sweep, tally))
+    except Exception as error:  # the table is kept whatever becomes of what is drawn from it
+        log.warning("The edge table and phase map could not be made: %s", error)
+        edges = "  (none: see the warning above)"
     sweep.end("FINISHED")
     counts = ", ".join(f"{n:,} {o}" for o, n in tally.outcomes.items() if n)
     log.info(
         "Sweep done: %s configs (%s)\nStep-size edges (measured: the smallest step size at "
         "which at least half the seeds show the event; theory beside it):\n%s\n%s\n"
         "The sweep's run (its table %s, edges %s, phase map %s): %s",
-        f"{tally.configs:,}", counts, edge_text(edges), tracker.ui_hint(),
-        _names().TABLE_ARTIFACT, _names().EDGES_ARTIFACT, _names().PHASE_MAP_ARTIFACT,
+        f"{tally.configs:,}", counts, edges, tracker.ui_hint(),
+        names.TABLE_ARTIFACT, names.EDGES_ARTIFACT, names.PHASE_MAP_ARTIFACT,
         tracker.run_address(sweep.parent_run_id),
     )  # fmt: skip
     return []
-
-
-def _names() -> Any:
-    from gdexp import names
-
-    return names
 
 
 class ChunkProgress:
@@ -205,7 +204,7 @@ class ChunkProgress:
         self.start = time.perf_counter()
 
     def __call__(self, chunk: Any) -> None:
-        from hydra_plugins.gdexp_plugins._progress import _duration
+        from hydra_plugins.gdexp_plugins._progress import duration
 
         self.done += len(chunk)
         seconds = max(time.perf_counter() - self.start, 1e-9)
@@ -214,7 +213,7 @@ class ChunkProgress:
         log.info(
             "Progress: %s/%s configs (%.0f%%), %s configs/s, %s left",
             f"{self.done:,}", f"{self.total:,}", 100 * self.done / self.total,
-            f"{rate:,.0f}", _duration(left),
+            f"{rate:,.0f}", duration(left),
         )  # fmt: skip
 
 
@@ -232,7 +231,6 @@ def annotate(sweep: Any, tally: Any) -> Any:
     varies); on THEORY_SEEDS seeds' data at most."""
     import pyarrow.parquet as pq
 
-    from gdexp import names
     from gdexp.analysis.edges import edge_table, edge_table_csv, measured_edges, theory_edges
     from gdexp.analysis.figures import phase_map
 
@@ -244,6 +242,7 @@ def annotate(sweep: Any, tally: Any) -> Any:
         setting = tuple(data.iloc[0].tolist())
         theory = theory_edges((int(setting[0]), *map(float, setting[1:])), seeds, batch_sizes)
         edges = edge_table(results, theory)
+        edges = edges[edges["seeds"].notna()].reset_index(drop=True)  # the orders measured
     else:
         edges = measured_edges(results)
     csv = sweep.folder / names.EDGES_ARTIFACT
