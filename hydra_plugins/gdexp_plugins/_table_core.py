@@ -268,7 +268,8 @@ def edge_text(edges: Any) -> str:
         low, high = getattr(row, "measured_lower", float("nan")), row.measured_upper
         rows.append([
             str(row.batch_size), row.order, row.event, step(row.measured_step_size),
-            f"({step(low)}, {step(high)}]", step(theory),
+            f"({step(low)}, {step(high)}]" if high != float("inf") else f"> {step(low)}",
+            step(theory),
             str(getattr(row, "theory_kind", "-")),
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
