@@ -344,12 +344,19 @@ def settles_high_loss(optimal_loss: float, y: np.ndarray) -> float:
     return SETTLES_HIGH_FACTOR * max(optimal_loss, floor)
 
 
+def verdicts(stable: np.ndarray, fixed_point_loss: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Theory's verdict per config, as words: "diverges" unless the epoch map is stable
+    (ρ(M) < 1); then "converges" if its fixed point's loss is at most `limit`
+    (`settles_high_loss`), else "settles high"."""
+    return np.where(
+        ~np.asarray(stable, dtype=bool),
+        DIVERGES,
+        np.where(np.asarray(fixed_point_loss) <= np.asarray(limit), CONVERGES, SETTLES_HIGH),
+    ).astype(object)
+
+
 def _verdict(stable: bool, fixed_point_loss: float, optimal_loss: float, y: np.ndarray) -> str:
-    if not stable:
-        return DIVERGES
-    if fixed_point_loss <= settles_high_loss(optimal_loss, y):
-        return CONVERGES
-    return SETTLES_HIGH
+    return str(verdicts(stable, fixed_point_loss, settles_high_loss(optimal_loss, y))[()])
 
 
 @dataclass(frozen=True)

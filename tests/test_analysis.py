@@ -162,6 +162,9 @@ def test_load_runs_gives_one_typed_row_per_child_of_the_sweep(lab: Lab, runs: pd
         assert dtypes[column] == "int64", column
     assert dtypes["shuffle"] == "bool"
     assert dtypes["diverged_at_epoch"] == "Int64"
+    # Every sweep's frame has the table's columns; a run of a runs sweep has no config index.
+    assert list(runs.columns) == list(load_module.RUN_COLUMNS)
+    assert dtypes["config_index"] == "Int64" and runs["config_index"].isna().all()
 
     assert sorted(runs["step_size"].unique()) == STEP_SIZES
     assert sorted(runs["seed"].unique()) == [0, 1]
@@ -1295,6 +1298,8 @@ def test_report_summary_table_has_a_row_per_method_and_step_size(report: Path, r
     assert list(zip(table["method"], table["step_size"], strict=True)) == [
         (m, s) for m in ("bgd", "sgd") for s in STEP_SIZES
     ]
+    # Each method's one batch schedule: BGD all 100 points, SGD one, both in data order.
+    assert table["batch_size"].tolist() == [100] * 4 + [1] * 4 and not table["shuffle"].any()
     assert (table["runs"] == 2).all() and (table["seeds"] == 2).all()
     rows = table.set_index(["method", "step_size"])
     verdicts = theory_table(runs).set_index("run_id")["verdict"]

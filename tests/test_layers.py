@@ -20,6 +20,7 @@ RANKS = {
     "gdexp.store": 5,
     "gdexp.record": 5,
     "gdexp.table": 5,
+    "gdexp.grid": 5,  # a table sweep's grid as axes: configs, never MLflow
     "gdexp.run": 6,
     "gdexp.sweep": 7,
     "gdexp.__main__": 8,

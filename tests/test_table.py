@@ -32,9 +32,9 @@ def sweep_tables(store) -> dict[str, tuple[object, pd.DataFrame]]:
 def test_the_schema_is_typed_and_a_row_round_trips(tmp_path):
     row = {
         "run_id": "abc", "run_name": "sgd lr=0.1 seed=3", "parent_run_id": "p",
-        "start_time": 1_764_000_000_000, "status": "FINISHED", "config_index": None, "method": "sgd",
-        "batch_size": 1,
-        "shuffle": False, "step_size": 0.1, "seed": 3, "epochs": 3, "dtype": "float32",
+        "start_time": 1_764_000_000_000, "status": "FINISHED", "config_index": None,
+        "method": "sgd", "batch_size": 1, "shuffle": False, "step_size": 0.1, "seed": 3,
+        "epochs": 3, "dtype": "float32",
         "device": "cpu", "convergence_tolerance": 1e-3, "n_points": 100, "x_start": -5.0,
         "x_step": 0.1, "slope": -5.0, "intercept": 0.0, "noise_std": 0.4, "init_w": -10.0,
         "init_b": -20.0, "initial_loss": 600.0, "final_loss": math.inf, "final_w": 1e20,

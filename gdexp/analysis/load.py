@@ -1,18 +1,25 @@
 """Runs and metric histories out of MLflow, as typed pandas frames.
 
-`load_runs` gives one row per run with numbers as numbers (MLflow keeps params as strings);
-`load_histories` gives per-epoch metrics in long form. Both read the same store gdexp writes to:
-by default `gdexp.store.resolve_tracking_uri(None)`, i.e. $MLFLOW_TRACKING_URI or
-sqlite:///<cwd>/mlflow.db.
+`load_runs` gives one row per run (or per config of a table sweep) with numbers as numbers
+(MLflow keeps params as strings); `load_histories` gives per-epoch metrics in long form. Both read
+the same store gdexp writes to: by default `gdexp.store.resolve_tracking_uri(None)`, i.e.
+$MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db.
 
 A sweep is read from its table (gdexp.table: `results.parquet` on its parent run, a typed row per
-config with its loss, w and b per epoch) in one artifact download and one search for its runs'
-names and start times, the same on SQLite, PostgreSQL and an `mlflow server`. Everything else (a
-sweep without a table, a sweep still running, every run of an experiment, metrics the table does
-not hold such as step_loss) goes through MLflow's public API: `search_runs` page by page, and
-`get_metric_history` run by run on a thread pool. gdexp reads no MLflow table directly and
-touches no private attribute of MLflow. See benchmarks/load_histories.py and
-benchmarks/analysis.py for the timings.
+config with its loss, w and b per epoch) in one artifact download, and, for a table without its
+runs' names and start times, one search for them, the same on SQLite, PostgreSQL and an `mlflow
+server`. The table is turned into the frame column by column (no Python object per value), so a
+table sweep of 10^5-10^6 configs loads in about a second. Everything else (a sweep without a
+table, a sweep still running, every run of an experiment, metrics the table does not hold such as
+step_loss) goes through MLflow's public API: `search_runs` page by page, and `get_metric_history`
+run by run on a thread pool. gdexp reads no MLflow table directly and touches no private attribute
+of MLflow. See benchmarks/load_histories.py and benchmarks/analysis.py for the timings.
+
+A table sweep (`tracking.record=table`: its parent tagged gdexp.record=table) has no child runs:
+its configs are rows of its table only, each without a run id and with its place in the grid,
+`config_index`. `load_runs` gives them as rows with run_id (and run_name, start_time) null and
+config_index set; `load_histories` keys their histories by config_index. A runs sweep's rows all
+have a run id and a null config_index. No run id is ever made up.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdexp.config import DataConfig, InitConfig, MethodConfig, RunConfig
 from gdexp.names import (
+    AXIS_PARAM_PREFIX,
     COMMAND_TAG,
     CONFIG_HASH_TAG,
     DIVERGED_AT_METRIC,
@@ -45,13 +54,18 @@ from gdexp.names import (
     KIND_TAG,
     OUTCOME_TAG,
     PARENT_TAG,
+    RECORD_RUNS,
+    RECORD_TABLE,
+    RECORD_TAG,
     SWEEP_DIR_TAG,
     SWEEP_KIND,
     SWEEP_RUNS_ARTIFACT,
     TABLE_ARTIFACT,
 )
 from gdexp.store import resolve_tracking_uri
+from gdexp.table import COLUMNS as TABLE_COLUMNS
 from gdexp.table import HISTORY_COLUMNS as TABLE_HISTORIES
+from gdexp.table import record_row
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,60 +74,38 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 
-# Columns of `load_runs`, in order, with their dtypes.
-RUN_COLUMNS: dict[str, str] = {
-    "run_id": "object",
-    "run_name": "object",
-    "parent_run_id": "object",
-    "status": "object",
-    "outcome": "object",  # one of gdexp.outcome.OUTCOMES; None for a run that failed
-    "method": "object",
-    "step_size": "float64",
-    "seed": "int64",
-    "epochs": "int64",
-    "batch_size": "int64",  # effective: n_points for bgd (batch_size None)
-    "shuffle": "bool",
-    "dtype": "object",
-    "convergence_tolerance": "float64",
-    "n_points": "int64",
-    "x_start": "float64",
-    "x_step": "float64",
-    "slope": "float64",
-    "intercept": "float64",
-    "noise_std": "float64",
-    "init_w": "float64",
-    "init_b": "float64",
-    "initial_loss": "float64",
-    "final_loss": "float64",  # +inf for a diverged run whose loss overflowed (not logged)
-    "final_w": "float64",
-    "final_b": "float64",
-    "optimal_loss": "float64",
-    "diverged_at_epoch": "Int64",  # nullable: <NA> unless the run turned non-finite
-    "start_time": "datetime64[ms, UTC]",
-}
+# The table's int64 columns that may be null, as pandas' nullable Int64 (<NA>): config_index
+# (null for a run of a runs sweep), diverged_at_epoch (null unless the run turned non-finite).
+NULLABLE_INT_COLUMNS = ("config_index", "diverged_at_epoch")
+# The table's start_time (int64 ms since the epoch, MLflow's clock) is a UTC timestamp here.
+TIME_COLUMN = "start_time"
+_FRAME_DTYPES = {"string": "object", "int64": "int64", "float64": "float64", "bool": "bool"}
 
-# Run column -> MLflow param it comes from (all but batch_size, which needs n_points too); a
-# sweep's table (gdexp.table) has a column of the same name for each.
-_PARAM_COLUMNS = {
-    "method": "method.name",
-    "step_size": "step_size",
-    "seed": "seed",
-    "epochs": "epochs",
-    "shuffle": "method.shuffle",
-    "dtype": "dtype",
-    "convergence_tolerance": "convergence_tolerance",
-    "n_points": "data.n_points",
-    "x_start": "data.x_start",
-    "x_step": "data.x_step",
-    "slope": "data.slope",
-    "intercept": "data.intercept",
-    "noise_std": "data.noise_std",
-    "init_w": "init.w",
-    "init_b": "init.b",
+
+def _frame_dtype(column: str, kind: str) -> str:
+    if column == TIME_COLUMN:
+        return "datetime64[ms, UTC]"
+    if column in NULLABLE_INT_COLUMNS:
+        return "Int64"
+    return _FRAME_DTYPES[kind]
+
+
+# Columns of `load_runs`, in order, with their dtypes: a sweep table's columns (gdexp.table.COLUMNS:
+# the run's info, the config, the results) less the per-epoch histories, each named there only.
+# Strings are object columns (None where missing: outcome for a run that failed, run_id, run_name
+# and start_time for a table sweep's config); final_loss is +inf for a diverged run whose loss
+# overflowed (never logged to MLflow); config_index is <NA> for every run of a runs sweep.
+RUN_COLUMNS: dict[str, str] = {
+    column: _frame_dtype(column, kind)
+    for column, kind in TABLE_COLUMNS.items()
+    if column not in TABLE_HISTORIES
 }
+# Params a run must have to be one of gdexp's (gdexp.table.record_row reads the rest).
 _REQUIRED_PARAMS = ("method.name", "step_size", "seed", "epochs", "data.n_points")
 
 HISTORY_COLUMNS = ("run_id", "key", "step", "value")
+# `load_histories` of a table sweep's configs (no run ids): keyed by their place in the grid.
+CONFIG_HISTORY_COLUMNS = ("config_index", "key", "step", "value")
 # The step of a table history's first point, as gdexp.record.result_metrics logs it to MLflow:
 # loss at step k is measured after k epochs (k = 0, 1, ...), w and b after epochs 1, 2, ...
 _FIRST_STEP = {"loss": 0, "w": 1, "b": 1}
@@ -246,19 +238,6 @@ def find_sweep(client: MlflowClient, experiment_id: str, sweep: str) -> Run:
     raise SweepNotFound(f"No sweep {sweep!r}; {_describe_sweeps(parents)}.")
 
 
-def _number(text: str | None, kind: type) -> Any:
-    if text is None or text == "None":
-        return None
-    if kind is bool:
-        return text.strip().lower() == "true"
-    if kind is int:
-        return int(float(text)) if "." in text or "e" in text.lower() else int(text)
-    return kind(text)
-
-
-_KINDS = {"object": str, "float64": float, "int64": int, "bool": bool}
-
-
 @dataclass(frozen=True)
 class _Record:
     """What `load_runs` reads of a run from MLflow."""
@@ -281,24 +260,23 @@ class _Record:
 
 
 def _row(run: _Record) -> dict[str, Any] | None:
+    """A run's row: its config and results as the sweep's table would record them
+    (gdexp.table.record_row, the one reading of MLflow's params), its info from MLflow, its
+    outcome from its tag, and its final figures by `_finals`' rule."""
     params, metrics, tags = run.params, run.metrics, run.tags
     if any(key not in params for key in _REQUIRED_PARAMS):
         return None
-    row: dict[str, Any] = {
-        "run_id": run.run_id,
-        "run_name": run.run_name,
-        "parent_run_id": tags.get(PARENT_TAG),
-        "status": run.status,
-        "outcome": tags.get(OUTCOME_TAG),
-    }
-    for column, param in _PARAM_COLUMNS.items():
-        row[column] = _number(params.get(param), _KINDS[RUN_COLUMNS[column]])
-    n = row["n_points"]
-    batch = _number(params.get("method.batch_size"), int)
-    row["batch_size"] = min(batch or n, n)
+    row = record_row(run.run_id, run.status, params, metrics, None, {})
+    for key in TABLE_HISTORIES:
+        del row[key]
     diverged_at = metrics.get(DIVERGED_AT_METRIC)
-    row.update(_finals(run.status, metrics, None if diverged_at is None else int(diverged_at)))
-    row["start_time"] = run.start_time
+    row.update(
+        run_name=run.run_name,
+        parent_run_id=tags.get(PARENT_TAG),
+        start_time=run.start_time,
+        outcome=tags.get(OUTCOME_TAG),
+        **_finals(run.status, metrics, None if diverged_at is None else int(diverged_at)),
+    )
     return row
 
 
@@ -314,23 +292,30 @@ def runs_frame(runs: Iterable[Run | _Record]) -> pd.DataFrame:
             rows.append(row)
     if skipped:
         log.warning("Left out %d runs without gdexp's config params: %s", len(skipped), skipped)
-    return _typed(rows)
+    return _typed({c: pd.Series([row[c] for row in rows], dtype=object) for c in RUN_COLUMNS})
 
 
-def _typed(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows as `load_runs`'s frame: its columns, dtypes and order, whichever source they came
-    from (so that the two sources give equal frames)."""
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+def _typed(columns: Mapping[str, Any]) -> pd.DataFrame:
+    """Columns (any array-likes of one length, named as `RUN_COLUMNS`) as `load_runs`'s frame:
+    its columns, dtypes and order, whichever source they came from (so that the sources give
+    equal frames). A missing string is None, a missing number NaN or <NA>."""
+    typed = {}
     for column, dtype in RUN_COLUMNS.items():
-        if column == "start_time":
-            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(dtype)
+        values = pd.Series(columns[column], dtype=object if dtype == "object" else None)
+        if column == TIME_COLUMN:
+            values = pd.to_datetime(values, unit="ms", utc=True).astype(dtype)
         elif dtype == "object":
-            frame[column] = frame[column].astype(object)
+            values = values.where(values.notna(), None)
         else:
-            frame[column] = frame[column].astype(dtype)
-    # The run id last: runs a batched launcher started in the same millisecond keep one order
-    # whichever source they came from (a table's order is the sweep's, a search's MLflow's).
-    frame = frame.sort_values(["method", "step_size", "seed", "start_time", "run_id"])
+            values = values.astype(dtype)
+        typed[column] = values.reset_index(drop=True)
+    frame = pd.DataFrame(typed)
+    # The run id next to last: runs a batched launcher started in the same millisecond keep one
+    # order whichever source they came from (a table's order is the sweep's, a search's
+    # MLflow's); a table sweep's configs (no run id, no start time) by their place in the grid.
+    frame = frame.sort_values(
+        ["method", "step_size", "seed", TIME_COLUMN, "run_id", "config_index"], kind="stable"
+    )
     return frame.reset_index(drop=True)
 
 
@@ -419,14 +404,57 @@ def _is_sweep(run: Run) -> bool:
 
 @dataclass(frozen=True)
 class _SweepTable:
-    """A sweep's table (gdexp.table) as downloaded: its rows without their histories, and the
-    histories in `load_histories`'s long form, as MLflow holds them (finite points only)."""
+    """A sweep's table (gdexp.table) as downloaded: its rows as `load_runs`'s columns (arrays,
+    not yet typed; the final figures already by `_finals`' rule), and the file itself, whose
+    history lists are read (and put in long form) only when asked for: reading its scalar
+    columns alone takes a tenth of reading it all. Rows with neither a run id nor a config index
+    are left out (nothing could name them)."""
 
     parent_run_id: str
-    rows: list[dict[str, Any]]
-    histories: pd.DataFrame
-    run_ids: frozenset[str]
+    columns: dict[str, Any]  # RUN_COLUMNS -> an array per column, a row per kept table row
+    parquet: bytes  # the table's file
+    kept: np.ndarray | None  # which of its rows are kept (None: all)
     has_info: bool  # the rows hold `_INFO_COLUMNS`: no run need be searched
+
+    @cached_property
+    def arrow(self) -> pa.Table:
+        """The kept rows' run ids, config indices and history lists, as in the table."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(pa.BufferReader(self.parquet))
+        wanted = ("run_id", "config_index", *TABLE_HISTORIES)
+        table = file.read(columns=[c for c in wanted if c in file.schema_arrow.names])
+        return table if self.kept is None else table.filter(pa.array(self.kept))
+
+    @cached_property
+    def run_ids(self) -> frozenset[str]:
+        return frozenset(r for r in self.columns["run_id"] if r is not None)
+
+    @cached_property
+    def histories(self) -> pd.DataFrame:
+        """The histories of the rows with a run id, as MLflow holds them (finite points)."""
+        return _table_histories(self.arrow)
+
+    def padded(self, key: str) -> np.ndarray:
+        """History `key` of every row as a (rows, longest list) float64 array, NaN past the end
+        of a shorter list; made once per key."""
+        if key not in self.padded_lists:
+            self.padded_lists[key] = _padded_lists(self.arrow.column(key))
+        return self.padded_lists[key]
+
+    @cached_property
+    def padded_lists(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @cached_property
+    def config_rows(self) -> pd.Series:
+        """Config index -> its row of the table, for the rows without a run id (the first, if
+        a config index occurred twice)."""
+        index = pd.Series(self.columns["config_index"], dtype="Int64")
+        rows = np.flatnonzero(pd.isna(self.columns["run_id"]) & index.notna().to_numpy())
+        found = pd.Series(rows, index=index.iloc[rows].astype(np.int64).to_numpy())
+        return found[~found.index.duplicated()]
 
 
 # (tracking uri, parent run id) -> the sweep's table as `load_runs` last downloaded it, so that
@@ -437,36 +465,98 @@ _TABLES: dict[tuple[str, str], _SweepTable] = {}
 def _fetch_table(uri: str, client: MlflowClient, parent_run_id: str) -> _SweepTable | None:
     """Download a sweep's table (None if it has none) and keep it for `load_histories`. Every
     call downloads: a resumed sweep rewrites its table on the same parent."""
-    arrow = _read_artifact(client, parent_run_id, TABLE_ARTIFACT, _read_parquet)
-    if arrow is None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq  # only here: pyarrow costs its import only when a table is read
+
+    parquet = _read_artifact(client, parent_run_id, TABLE_ARTIFACT, lambda p: p.read_bytes())
+    if parquet is None:
         _TABLES.pop((uri, parent_run_id), None)
         return None
-    scalars = [c for c in arrow.column_names if c not in TABLE_HISTORIES]
-    every = arrow.select(scalars).to_pylist()
-    rows = [row for row in every if row.get("run_id")]
-    if len(rows) < len(every):  # histories are keyed by run id: such a config has no key yet
-        log.warning("Left out %d configs of the table without a run id", len(every) - len(rows))
+    file = pq.ParquetFile(pa.BufferReader(parquet))
+    names = file.schema_arrow.names
+    scalars = file.read(columns=[c for c in names if c not in TABLE_HISTORIES])
+    columns = _finals_columns(_arrow_columns(scalars))
+    named = pd.notna(columns["run_id"]) | pd.notna(columns["config_index"])
+    kept = None
+    if not named.all():  # a config in a runs sweep's table whose run is not known yet
+        log.warning(
+            "Left out %d rows of the table with neither a run id nor a config index",
+            int((~named).sum()),
+        )
+        columns = {column: values[named] for column, values in columns.items()}
+        kept = named
     found = _SweepTable(
         parent_run_id,
-        rows,
-        _table_histories(arrow),
-        frozenset(r["run_id"] for r in rows),
-        has_info=set(_INFO_COLUMNS) <= set(arrow.column_names),
+        columns,
+        parquet,
+        kept,
+        has_info=set(_INFO_COLUMNS) <= set(names),
     )
     _TABLES[(uri, parent_run_id)] = found
     return found
 
 
-def _read_parquet(path: Path) -> pa.Table:
-    import pyarrow.parquet as pq  # only here: pyarrow costs its import only when a table is read
+def _arrow_columns(arrow: pa.Table) -> dict[str, np.ndarray]:
+    """The table's columns of `RUN_COLUMNS` as numpy arrays, column by column (no Python object
+    per value: a string column is its distinct words, indexed): strings as objects with None
+    where null, numbers as numbers (NaN where null), booleans as booleans. A column the table
+    lacks (written before it existed, e.g. config_index) is null throughout."""
+    import pyarrow as pa
 
-    return pq.read_table(path)
+    columns: dict[str, np.ndarray] = {}
+    for column in RUN_COLUMNS:
+        if column not in arrow.column_names:
+            columns[column] = np.full(arrow.num_rows, None, dtype=object)
+            continue
+        values = arrow.column(column).combine_chunks()
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            encoded = values.dictionary_encode()
+            words = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+            columns[column] = words[encoded.indices.fill_null(len(words) - 1).to_numpy()]
+        else:
+            columns[column] = values.to_numpy(zero_copy_only=False)
+    return columns
+
+
+def _padded_lists(lists: pa.ChunkedArray) -> np.ndarray:
+    """A list<float64> column as a (rows, longest list) array, NaN past each list's end (and for
+    a null list); a reshape, not a copy per point, when every list has the same length."""
+    import pyarrow.compute as pc
+
+    lists = lists.combine_chunks()
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    lengths = lengths.astype(np.int64)
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float64)
+    width = int(lengths.max()) if len(lengths) else 0
+    if len(lengths) and (lengths == width).all():
+        return flat.reshape(len(lengths), width)
+    out = np.full((len(lengths), width), np.nan)
+    out[np.arange(width) < lengths[:, None]] = flat
+    return out
+
+
+def _finals_columns(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`_finals`' rule on whole columns: each final figure as MLflow would hold it (the finite
+    ones; NaN for the rest), except an infinite final loss where the run turned non-finite, or
+    finished with a finite initial loss but no finite final one."""
+    out = dict(columns)
+    finite = {}
+    for key in FINAL_METRICS:
+        values = np.asarray(pd.to_numeric(pd.Series(columns[key]), errors="coerce"), np.float64)
+        finite[key] = np.isfinite(values)
+        out[key] = np.where(finite[key], values, np.nan)
+    diverged = pd.notna(columns["diverged_at_epoch"])
+    ended = (columns["status"] == "FINISHED") & finite["initial_loss"]
+    out["final_loss"] = np.where(
+        finite["final_loss"], out["final_loss"], np.where(diverged | ended, np.inf, np.nan)
+    )
+    return out
 
 
 def _table_histories(arrow: pa.Table) -> pd.DataFrame:
     """The table's list columns in long form, stepped as gdexp.record.result_metrics logs them
     to MLflow (`_FIRST_STEP`), without the non-finite points MLflow never got: equal to what
-    `get_metric_history` gives for the same runs."""
+    `get_metric_history` gives for the same runs. Rows without a run id are left out."""
     import pyarrow.compute as pc
 
     ids = np.asarray(arrow.column("run_id").to_pylist(), dtype=object)
@@ -490,6 +580,40 @@ def _table_histories(arrow: pa.Table) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else _empty_history()
 
 
+def _config_histories(
+    table: _SweepTable, config_indices: Sequence[int], keys: Sequence[str]
+) -> pd.DataFrame:
+    """The histories of `keys` (all in the table) of a table sweep's configs, in long form
+    (`CONFIG_HISTORY_COLUMNS`): ordered as `config_indices`, then by key (in `keys` order) and
+    step, stepped as `_table_histories` steps them, non-finite points left out as there.
+
+    No sort: each key's lists are laid out as a (configs, epochs) array, padded with NaN past a
+    shorter list (a config that diverged stopped there); the arrays of the wanted configs,
+    interleaved config by config, are the long form, less its non-finite points."""
+    wanted = np.asarray(pd.unique(np.asarray(config_indices, dtype=np.int64)), dtype=np.int64)
+    known = table.config_rows
+    at = known.index.get_indexer(wanted)  # -1: not in the table
+    wanted, rows = wanted[at >= 0], known.to_numpy()[at[at >= 0]]
+    padded = [table.padded(key)[rows] for key in keys]  # each (configs, its longest list)
+    width = max((p.shape[1] for p in padded), default=0)
+    values = np.full((len(rows), len(keys), width), np.nan)
+    for k, block in enumerate(padded):
+        values[:, k, : block.shape[1]] = block
+    steps = np.array([np.arange(width) + _FIRST_STEP[key] for key in keys], dtype=np.int64)
+    codes = np.repeat(np.arange(len(keys), dtype=np.intp), width)
+    keep = np.isfinite(values).reshape(len(rows), -1)
+    per_config = keep.sum(axis=1)
+    keep_flat = keep.ravel()
+    frame = pd.DataFrame({"config_index": np.repeat(wanted, per_config)})
+    # Added column by column: a frame built from all four at once would copy them into blocks.
+    frame["key"] = pd.Series(
+        np.array(keys, dtype=object)[np.broadcast_to(codes, keep.shape)[keep]], dtype=object
+    )
+    frame["step"] = np.broadcast_to(steps.ravel(), keep.shape)[keep]
+    frame["value"] = values.ravel()[keep_flat]
+    return frame
+
+
 def _finals(
     status: str, metrics: Mapping[str, float], diverged_at: int | None
 ) -> dict[str, float | int | None]:
@@ -505,43 +629,27 @@ def _finals(
     return finals
 
 
-def _table_row(row: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
-    """A table row as `load_runs` gives it (its numbers the table's, typed already); its run's
-    name, parent and start time from `info` (`_INFO_COLUMNS`)."""
-    finite = {
-        key: float(row[key])
-        for key in FINAL_METRICS
-        if row.get(key) is not None and math.isfinite(row[key])
-    }
-    diverged_at = row.get("diverged_at_epoch")
-    return {
-        "run_id": row["run_id"],
-        "run_name": info["run_name"],
-        "parent_run_id": info["parent_run_id"],
-        "status": row["status"],
-        "outcome": row.get("outcome"),
-        **{column: row[column] for column in _PARAM_COLUMNS},
-        "batch_size": row["batch_size"],
-        **_finals(row["status"], finite, None if diverged_at is None else int(diverged_at)),
-        "start_time": info["start_time"],
-    }
-
-
 def _runs_of_table(
     client: MlflowClient, experiment_id: str, parent: Run, table: _SweepTable
-) -> list[dict[str, Any]]:
-    """The table's rows with their runs' names, parents and start times: from the table when it
-    holds them (`_INFO_COLUMNS`), else from MLflow, one search for the parent's children and
-    one per 100 runs a resumed sweep reused from elsewhere; a row whose run was deleted since
-    is then left out, as reading the runs leaves it out."""
-    if table.has_info:
-        return [_table_row(row, row) for row in table.rows]
-    runs = {r.info.run_id: r for r in _children(client, experiment_id, parent)}
-    reused = [row["run_id"] for row in table.rows if row["run_id"] not in runs]
-    runs.update((r.info.run_id, r) for r in _runs_by_id(client, experiment_id, reused))
-    return [
-        _table_row(row, _info(runs[row["run_id"]])) for row in table.rows if row["run_id"] in runs
-    ]
+) -> pd.DataFrame:
+    """The table's rows as `load_runs`'s frame, with their runs' names, parents and start times:
+    from the table when it holds them (`_INFO_COLUMNS`; a table sweep's configs have no run, and
+    their info is the table's: no name, no start time, the sweep as parent), else from MLflow,
+    one search for the parent's children and one per 100 runs a resumed sweep reused from
+    elsewhere; a row whose run was deleted since is then left out, as reading the runs leaves
+    it out."""
+    columns = table.columns
+    if not table.has_info:
+        ids = columns["run_id"]
+        runs = {r.info.run_id: r for r in _children(client, experiment_id, parent)}
+        reused = [r for r in ids if r is not None and r not in runs]
+        runs.update((r.info.run_id, r) for r in _runs_by_id(client, experiment_id, reused))
+        present = np.array([r in runs for r in ids], dtype=bool)
+        columns = {column: values[present] for column, values in columns.items()}
+        infos = [_info(runs[r]) for r in columns["run_id"]]
+        for column in _INFO_COLUMNS:
+            columns[column] = np.array([info[column] for info in infos], dtype=object)
+    return _typed(columns)
 
 
 def _info(run: Run) -> dict[str, Any]:
@@ -567,8 +675,8 @@ def load_runs(
     *,
     source: Source = "auto",
 ) -> pd.DataFrame:
-    """One row per run (columns and dtypes: `RUN_COLUMNS`), sorted by method, step size, seed,
-    start time and run id.
+    """One row per run, or per config of a table sweep (columns and dtypes: `RUN_COLUMNS`),
+    sorted by method, step size, seed, start time, run id and config index.
 
     `sweep` selects the runs of one sweep: its parent's run id, its run name, or "latest" (the
     most recently started sweep); they are the parent's children and the runs a resumed sweep
@@ -576,13 +684,21 @@ def load_runs(
     Raises an `AnalysisError` subclass when the store, experiment or sweep does not exist or
     holds no runs; the message lists what does exist.
 
+    A table sweep (its parent tagged gdexp.record=table) has no runs: each config of its table
+    is a row with run_id, run_name and start_time null and its config_index (its place in the
+    grid) set; an interrupted one (KILLED) gives the configs its table holds, those that
+    finished. A runs sweep's rows have a null config_index (<NA>).
+
     `source`: "auto" reads a sweep that has ended from its table (gdexp.table) when it has one,
-    anything else from MLflow's runs; "table" insists on the table, "runs" on MLflow's runs. The
-    two give equal frames.
+    a table sweep from its table whatever its state, anything else from MLflow's runs; "table"
+    insists on the table; "runs" on MLflow's runs, which a table sweep has none of (an
+    `AnalysisError` says so). For a runs sweep the two give equal frames.
 
     `frame.attrs` records where the runs came from: tracking_uri, experiment, experiment_id,
-    sweep (None, or a dict with the parent's run_id, run_name, command, sweep_dir and status)
-    and source ("table" or "runs").
+    sweep (None, or a dict with the parent's run_id, run_name, command, sweep_dir, status,
+    record: "runs" or "table" (gdexp.names.RECORD_TAG; "runs" for a sweep from before the tag),
+    and axes: {swept key: its values in words}, a table sweep's `axis.<key>` params) and source
+    ("table" or "runs").
     """
     _check_source(source)
     uri, client = open_store(tracking_uri)
@@ -590,20 +706,34 @@ def load_runs(
     parent = None if sweep is None else find_sweep(client, experiment_id, sweep)
     if source == "table" and parent is None:
         raise AnalysisError("Only a sweep has a table: name one (--sweep ID|NAME|latest).")
+    table_sweep = parent is not None and _record(parent) == RECORD_TABLE
+    if table_sweep and source == "runs":
+        raise AnalysisError(
+            f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) is a table sweep "
+            f"({RECORD_TAG}={RECORD_TABLE}): its configs have no MLflow runs to read, only its "
+            f"{TABLE_ARTIFACT}; read it with source 'auto' or 'table'."
+        )
     table = None
-    # A sweep still running has no table yet, or an earlier attempt's: read its runs.
-    if parent is not None and (source == "table" or (source == "auto" and _ended(parent))):
+    # A runs sweep still running has no table yet, or an earlier attempt's: read its runs.
+    if parent is not None and (
+        source == "table" or table_sweep or (source == "auto" and _ended(parent))
+    ):
         table = _fetch_table(uri, client, parent.info.run_id)
+        if table is None and table_sweep:
+            raise AnalysisError(
+                f"Table sweep {parent.info.run_name!r} (id {parent.info.run_id}, "
+                f"{parent.info.status}) has no {TABLE_ARTIFACT} yet: it is written when the "
+                "sweep ends or is interrupted."
+            )
         if table is None and source == "table":
             raise AnalysisError(
                 f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no "
                 f"{TABLE_ARTIFACT}: it ran before sweeps kept a table, or has not ended."
             )
     if table is not None:
-        rows = _runs_of_table(client, experiment_id, parent, table)
-        if not rows:
+        frame = _runs_of_table(client, experiment_id, parent, table)
+        if frame.empty:
             raise _no_runs(client, experiment_id, parent)
-        frame = _typed(rows)
     else:
         found = _select_runs(client, experiment_id, parent)
         if not found:
@@ -623,6 +753,11 @@ def load_runs(
     return frame
 
 
+def _record(parent: Run) -> str:
+    """How a sweep recorded its configs: RECORD_RUNS (a child run each) or RECORD_TABLE."""
+    return parent.data.tags.get(RECORD_TAG, RECORD_RUNS)
+
+
 def _ended(parent: Run) -> bool:
     return parent.info.status not in ("RUNNING", "SCHEDULED")
 
@@ -633,20 +768,27 @@ def _no_runs(client: MlflowClient, experiment_id: str, parent: Run) -> NoRuns:
         for p in _search_all(client, experiment_id, _sweep_filter())
         if p.info.run_id != parent.info.run_id
     ]
+    what = "configs in its table" if _record(parent) == RECORD_TABLE else "runs"
     return NoRuns(
-        f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no runs; "
+        f"Sweep {parent.info.run_name!r} (id {parent.info.run_id}) has no {what}; "
         f"{_describe_sweeps(others, other=True)}."
     )
 
 
 def _sweep_info(parent: Run) -> dict[str, Any]:
-    tags = parent.data.tags
+    tags, params = parent.data.tags, parent.data.params
     return {
         "run_id": parent.info.run_id,
         "run_name": parent.info.run_name,
         "command": tags.get(COMMAND_TAG),
         "sweep_dir": tags.get(SWEEP_DIR_TAG),
         "status": parent.info.status,
+        "record": _record(parent),
+        "axes": {
+            key.removeprefix(AXIS_PARAM_PREFIX): value
+            for key, value in sorted(params.items())
+            if key.startswith(AXIS_PARAM_PREFIX)
+        },
     }
 
 
@@ -742,6 +884,12 @@ def load_histories(
     for run ids, from a table this process already downloaded), and the rest (other keys such as
     step_loss, other runs) with MLflow's `get_metric_history`, `max_workers` calls at a time;
     "table" insists on a table for loss, w and b; "runs" reads everything from MLflow.
+
+    A table sweep's frame (its rows have no run id) gets its configs' histories from its table,
+    keyed by their place in the grid: columns config_index (int64), key, step, value
+    (`CONFIG_HISTORY_COLUMNS`), ordered and stepped as above, non-finite points left out as
+    above. Its table holds loss, w and b only; another key, or source "runs", is an
+    `AnalysisError` (its configs have no runs).
     """
     _check_source(source)
     if isinstance(runs, str):
@@ -749,6 +897,8 @@ def load_histories(
     keys = [keys] if isinstance(keys, str) else list(dict.fromkeys(keys))
     if tracking_uri is None and isinstance(runs, pd.DataFrame):
         tracking_uri = runs.attrs.get("tracking_uri")
+    if isinstance(runs, pd.DataFrame) and runs["run_id"].isna().any():
+        return _histories_of_configs(runs, keys, tracking_uri, source)
     run_ids = _run_ids(runs)
     uri, client = open_store(tracking_uri)
     if not run_ids or not keys:
@@ -780,6 +930,41 @@ def load_histories(
     found = found.drop_duplicates(["run_id", "key", "step"], keep="last")
     frame = found[list(HISTORY_COLUMNS)].reset_index(drop=True)
     return frame.astype({"run_id": object, "key": object, "step": "int64", "value": "float64"})
+
+
+def _histories_of_configs(
+    runs: pd.DataFrame, keys: Sequence[str], tracking_uri: str | None, source: str
+) -> pd.DataFrame:
+    """`load_histories` of a table sweep's frame (see there)."""
+    if runs["run_id"].notna().any():
+        raise AnalysisError(
+            "This frame mixes runs (with a run id) and a table sweep's configs (without one): "
+            "load their histories separately."
+        )
+    if source == "runs":
+        raise AnalysisError(
+            "These rows are configs of a table sweep: they have no MLflow runs to read "
+            "histories from; their loss, w and b come from the sweep's table (source 'auto' or "
+            "'table')."
+        )
+    other = [key for key in keys if key not in TABLE_HISTORIES]
+    if other:
+        raise AnalysisError(
+            f"A table sweep's table holds {', '.join(TABLE_HISTORIES)} per epoch, not "
+            f"{', '.join(other)}: its configs have no runs that could have logged it."
+        )
+    sweep = runs.attrs.get("sweep")
+    if not sweep or runs["config_index"].isna().any():
+        raise AnalysisError(
+            "Rows without a run id are configs of a table sweep, named by the sweep "
+            "(frame.attrs['sweep']) and their config_index; this frame lacks them: load it "
+            "with load_runs(sweep=...)."
+        )
+    uri, client = open_store(tracking_uri)
+    table = _TABLES.get((uri, sweep["run_id"])) or _fetch_table(uri, client, sweep["run_id"])
+    if table is None:
+        raise AnalysisError(f"Sweep {sweep['run_name']!r} has no {TABLE_ARTIFACT} any more.")
+    return _config_histories(table, runs["config_index"].to_numpy(dtype=np.int64), keys)
 
 
 def run_config(row: Mapping[str, Any] | pd.Series) -> DictConfig:

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 # Launchers that run a table sweep's chunks in this process; others need `launch_table`.
 IN_PROCESS_LAUNCHERS = ("BasicLauncher", "BatchedLauncher")
-# Theory's edges are computed on at most this many seeds' data sets (their range is shown).
-THEORY_SEEDS = 10
 
 
 class TableSweepFailed(CompactHydraException):
@@ -217,34 +215,21 @@ class ChunkProgress:
         )  # fmt: skip
 
 
-# Columns the edge table and the phase map read from the table.
-_RESULT_COLUMNS = [
-    "method", "batch_size", "shuffle", "step_size", "seed", "outcome", "final_loss",
-    "optimal_loss", "n_points", "x_start", "x_step", "slope", "intercept", "noise_std",
-]  # fmt: skip
-_DATA_COLUMNS = ["n_points", "x_start", "x_step", "slope", "intercept", "noise_std"]
-
-
 def annotate(sweep: Any, tally: Any) -> Any:
     """The edge table (CSV) and the phase map (PNG) of a finished table sweep, on its parent and
-    in its folder; returns the edge table. Theory's edges need one data setting (only the seed
-    varies); on THEORY_SEEDS seeds' data at most."""
+    in its folder, as the report makes them (`gdexp.analysis.report.edge_report`); returns the
+    edge table."""
     import pyarrow.parquet as pq
 
-    from gdexp.analysis.edges import edge_table, edge_table_csv, measured_edges, theory_edges
+    from gdexp.analysis.edges import edge_table_csv
     from gdexp.analysis.figures import phase_map
+    from gdexp.analysis.report import edge_report
+    from gdexp.analysis.tables import DATA_COLUMNS
 
-    results = pq.read_table(tally.table_path, columns=_RESULT_COLUMNS).to_pandas()
-    data = results[_DATA_COLUMNS].drop_duplicates()
-    if len(data) == 1:
-        seeds = sorted(results["seed"].unique())[:THEORY_SEEDS]
-        batch_sizes = sorted(int(b) for b in results["batch_size"].unique())
-        setting = tuple(data.iloc[0].tolist())
-        theory = theory_edges((int(setting[0]), *map(float, setting[1:])), seeds, batch_sizes)
-        edges = edge_table(results, theory)
-        edges = edges[edges["seeds"].notna()].reset_index(drop=True)  # the orders measured
-    else:
-        edges = measured_edges(results)
+    columns = ["method", "batch_size", "shuffle", "step_size", "seed", "outcome", "final_loss",
+               "optimal_loss", *DATA_COLUMNS]  # fmt: skip
+    results = pq.read_table(tally.table_path, columns=columns).to_pandas()
+    edges = edge_report(results).table
     csv = sweep.folder / names.EDGES_ARTIFACT
     csv.write_text(edge_table_csv(edges))
     figure = sweep.folder / names.PHASE_MAP_ARTIFACT
