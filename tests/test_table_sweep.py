@@ -79,6 +79,19 @@ def test_a_table_sweep_is_one_run_whose_table_equals_the_runs_record(
         "configs_total": 72, "configs_finished": 72,
     }  # fmt: skip
     assert counted.get("diverged", 0) > 0 and counted.get("converged", 0) > 0
+    # The analysis is the same read from either record: the same frame, the same report numbers.
+    from gdexp.analysis import load_runs, summary_table
+
+    frames = [
+        load_runs(sweep=parent.info.run_id, tracking_uri=store.uri)
+        for parent in (sweep_of_runs, sweep_of_table)
+    ]
+    identity = ["run_id", "run_name", "parent_run_id", "start_time", "config_index"]
+    by_runs, by_table = (
+        f.drop(columns=identity).sort_values(CONFIG_KEY).reset_index(drop=True) for f in frames
+    )
+    pd.testing.assert_frame_equal(by_runs, by_table)
+    pd.testing.assert_frame_equal(summary_table(frames[0]), summary_table(frames[1]))
     # The edge table and the phase map beside it, and in the closing lines.
     artifacts = {a.path for a in store.client.list_artifacts(sweep_of_table.info.run_id)}
     assert {names.TABLE_ARTIFACT, names.EDGES_ARTIFACT, names.PHASE_MAP_ARTIFACT} <= artifacts
