@@ -145,7 +145,10 @@ def test_a_cuda_table_agrees_with_the_cpu_table():
     cpu, cuda = tables["cpu"], tables["cuda"]
     assert set(cuda["device"]) == {"cuda"} and set(cpu["device"]) == {"cpu"}
     assert (cpu["outcome"] == cuda["outcome"]).mean() >= 0.999
-    finite = np.isfinite(cpu["final_loss"]) & np.isfinite(cuda["final_loss"])
+    # Where training settles, float32 results agree to float32's tolerance. Where it does not
+    # (SGD bouncing at 1e14, diverging), rounding differences between devices are amplified
+    # ~3e7-fold within an epoch: there only the outcome is compared.
+    settled = cpu["outcome"].isin(["converged", "converging"]) & (cpu["outcome"] == cuda["outcome"])
     np.testing.assert_allclose(
-        cuda["final_loss"][finite], cpu["final_loss"][finite], rtol=1e-4, atol=1e-6
+        cuda["final_loss"][settled], cpu["final_loss"][settled], rtol=1e-4, atol=1e-6
     )
