@@ -16,7 +16,7 @@ PARAMS = {
     "convergence_tolerance", "objective", "data.n_points", "data.x_start", "data.x_step",
     "data.slope", "data.intercept", "data.noise_std", "init.w", "init.b", "tracking.uri",
     "tracking.experiment", "tracking.enabled", "tracking.log_step_loss", "tracking.resume",
-    "tracking.retry_seconds",
+    "tracking.retry_seconds", "tracking.record", "device",
 }  # fmt: skip
 
 
@@ -285,10 +285,10 @@ def test_a_job_that_raises_is_failed_while_the_others_finish(store, gdexp_cli):
 
             real_train = run.train
 
-            def flaky_train(cfg, data, on_epoch=None):
+            def flaky_train(cfg, data, on_epoch=None, **options):
                 if cfg.seed == 1:
                     raise RuntimeError("injected failure for seed 1")
-                return real_train(cfg, data, on_epoch)
+                return real_train(cfg, data, on_epoch, **options)
 
             run.train = flaky_train
             main()

@@ -428,7 +428,7 @@ def test_batch_sizes_are_evenly_spaced_labelled_rows_naming_sgd_and_bgd():
     # With data of 200 points a batch of 100 is not all of it.
     fig = phase_map(small_grid().assign(n_points=200))
     assert [t.get_text() for t in panel_of(fig)[DATA].get_yticklabels()][-1] == "100"
-    assert panel_of(fig)[SHUFFLED].get_title().endswith("48 runs, 4 seeds a cell")
+    assert panel_of(fig)[SHUFFLED].get_title().endswith("48 configs, 4 seeds a cell")
 
 
 def test_missing_cells_are_drawn_as_no_data_not_as_zero():
@@ -618,7 +618,7 @@ def test_a_140000_row_grid_draws():
     panels = panel_of(fig)
     grid = edges.phase_grid(results)
     for order, ax in panels.items():
-        assert ax.get_title().endswith("70,000 runs, 100 seeds a cell")
+        assert ax.get_title().endswith("70,000 configs, 100 seeds a cell")
         values = mesh_of(ax).get_array()
         assert values.shape == (7, 100) and not np.ma.getmaskarray(values).any()
         want = grid[grid["order"] == order].pivot(
