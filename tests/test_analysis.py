@@ -55,7 +55,8 @@ from gdexp.data import least_squares_fit, make_run_data
 from gdexp.names import TABLE_ARTIFACT
 from gdexp.outcome import OUTCOMES
 
-pytestmark = pytest.mark.slow
+# One worker runs them all: the lab (module scope) is then built once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("analysis_lab")]
 
 NO_STEP_LOSS = "tracking.log_step_loss=false"
 MAIN_SWEEP = ("-m", "method=bgd,sgd", "step_size=0.01,0.05,0.1,1", "seed=0,1", NO_STEP_LOSS)

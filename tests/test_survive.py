@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -302,21 +303,25 @@ def test_a_second_sweep_in_a_running_sweeps_folder_is_refused_before_any_run(sto
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+# Runs of the large parallel sweeps: 200 in CI, 500 by hand (GDEXP_PARALLEL_RUNS=500).
+PARALLEL_RUNS = int(os.environ.get("GDEXP_PARALLEL_RUNS", "200"))
+
+
 @pytest.mark.slow
-def test_a_500_run_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
+def test_a_large_parallel_sweep_loses_no_run_and_no_point(gdexp_cli, store):
     from gdexp.analysis import load_histories, load_runs
 
     done = gdexp_cli(
-        "-m", "seed=range(0,250)", "method=bgd,sgd", "epochs=5", "tracking.log_step_loss=false",
-        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "-m", f"seed=range(0,{PARALLEL_RUNS // 2})", "method=bgd,sgd", "epochs=5",
+        "tracking.log_step_loss=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
     # What MLflow received (read from the runs), and the sweep's table agrees with it.
     runs = load_runs(sweep="latest", tracking_uri=store.uri, source="runs")
-    assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
+    assert len(runs) == PARALLEL_RUNS and set(runs["status"]) == {"FINISHED"}
     histories = load_histories(runs, keys=("loss", "w", "b"), source="runs")
-    assert len(histories) == 500 * 5 * 3
+    assert len(histories) == PARALLEL_RUNS * 5 * 3
     assert histories.groupby(["run_id", "key"]).size().eq(5).all()
     tabled = load_runs(sweep="latest", tracking_uri=store.uri, source="table")
     pd.testing.assert_frame_equal(tabled, runs)
@@ -397,16 +402,15 @@ def test_jobs_wait_out_a_short_server_restart(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_500_run_parallel_sweep_through_a_server_loses_no_run_and_no_point(
-    mlflow_server, tmp_path
-):
+def test_a_large_parallel_sweep_through_a_server_loses_no_run_and_no_point(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from gdexp.analysis import load_histories, load_runs
 
     done = subprocess.run(
-        [sys.executable, "-m", "gdexp", "-m", "seed=range(0,250)", "method=bgd,sgd", "epochs=5",
-         "tracking.log_step_loss=false", "tracking.experiment=five_hundred",
+        [sys.executable, "-m", "gdexp", "-m", f"seed=range(0,{PARALLEL_RUNS // 2})",
+         "method=bgd,sgd", "epochs=5",
+         "tracking.log_step_loss=false", "tracking.experiment=parallel",
          f"tracking.uri={mlflow_server.url}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
@@ -414,18 +418,20 @@ def test_a_500_run_parallel_sweep_through_a_server_loses_no_run_and_no_point(
     assert "database is locked" not in done.stdout + done.stderr
     # What the server received (read from the runs), and the sweep's table agrees with it.
     uri = mlflow_server.url
-    runs = load_runs("five_hundred", sweep="latest", tracking_uri=uri, source="runs")
-    assert len(runs) == 500 and set(runs["status"]) == {"FINISHED"}
+    runs = load_runs("parallel", sweep="latest", tracking_uri=uri, source="runs")
+    assert len(runs) == PARALLEL_RUNS and set(runs["status"]) == {"FINISHED"}
     histories = load_histories(runs, keys=("loss", "w", "b"), tracking_uri=uri, source="runs")
-    assert len(histories) == 500 * 5 * 3
+    assert len(histories) == PARALLEL_RUNS * 5 * 3
     assert histories.groupby(["run_id", "key"]).size().eq(5).all()
-    tabled = load_runs("five_hundred", sweep="latest", tracking_uri=uri, source="table")
+    tabled = load_runs("parallel", sweep="latest", tracking_uri=uri, source="table")
     pd.testing.assert_frame_equal(tabled, runs)
     tabled_histories = load_histories(tabled, keys=("loss", "w", "b"), tracking_uri=uri)
     pd.testing.assert_frame_equal(tabled_histories, histories)
     client = MlflowClient(mlflow_server.url)
-    experiment = client.get_experiment_by_name("five_hundred")
-    assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == 501
+    experiment = client.get_experiment_by_name("parallel")
+    assert (
+        len(client.search_runs([experiment.experiment_id], max_results=1000)) == PARALLEL_RUNS + 1
+    )
 
 
 def test_a_sweep_rerun_after_a_code_change_refuses_until_started_afresh(store, tmp_path):
