@@ -78,6 +78,15 @@ COLUMNS: dict[str, str] = {
 }
 
 
+# Parquet's dictionary encoding only where values repeat (the strings): on floats it is tried and
+# dropped, which doubles the time to write. Parts, read once by the sweep that gathers them, are
+# not compressed either: a table is written in a fifth of the time (benchmarks/phase_map.py).
+TABLE_OPTIONS: dict[str, Any] = {
+    "use_dictionary": [name for name, kind in COLUMNS.items() if kind == "string"]
+}
+PART_OPTIONS: dict[str, Any] = {**TABLE_OPTIONS, "compression": "none"}
+
+
 def schema() -> pa.Schema:
     import pyarrow as pa
 
@@ -158,7 +167,7 @@ def write_rows(folder: Path, rows: Sequence[Mapping[str, Any]]) -> Path | None:
     target.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}.parquet"
     partial = target / f".{name}.partial"
-    pq.write_table(rows_table(rows), partial)
+    pq.write_table(rows_table(rows), partial, **PART_OPTIONS)
     os.replace(partial, target / name)
     return target / name
 
@@ -257,7 +266,7 @@ def read_table(path: Path) -> pa.Table:
 def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     import pyarrow.parquet as pq
 
-    pq.write_table(rows_table(rows), path)
+    pq.write_table(rows_table(rows), path, **TABLE_OPTIONS)
 
 
 def _lists(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
@@ -344,7 +353,7 @@ def write_chunk(folder: Path, start: int, stop: int, rows: pa.Table) -> Path:
     path = chunk_part(folder, start, stop)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    pq.write_table(rows, partial)
+    pq.write_table(rows, partial, **PART_OPTIONS)
     os.replace(partial, path)
     return path
 
@@ -379,7 +388,7 @@ def gather_chunks(
 
     outcomes: dict[str, int] = {}
     rows = 0
-    with pq.ParquetWriter(path, schema()) as writer:
+    with pq.ParquetWriter(path, schema(), **TABLE_OPTIONS) as writer:
         for start, stop in chunks:
             part = chunk_part(folder, start, stop)
             if not part.is_file():
