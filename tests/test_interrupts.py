@@ -128,7 +128,7 @@ def check_interrupted(store: Store, folder_name: str, command: Command, code: in
 SERIES = {
     "basic": (("method=sgd", "seed=range(0,8)", "epochs=60"), 8.0),
     "batched": (
-        ("hydra/launcher=batched", "method=bgd,sgd", "seed=range(0,40)", "epochs=100"),
+        ("hydra/launcher=batched", "method=bgd,sgd", "seed=range(0,24)", "epochs=100"),
         5.0,
     ),
     "joblib": (

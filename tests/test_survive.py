@@ -303,8 +303,8 @@ def test_a_second_sweep_in_a_running_sweeps_folder_is_refused_before_any_run(sto
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-# Runs of the large parallel sweeps: 200 in CI, 500 by hand (GDEXP_PARALLEL_RUNS=500).
-PARALLEL_RUNS = int(os.environ.get("GDEXP_PARALLEL_RUNS", "200"))
+# Runs of the large parallel sweeps: 120 in CI, 500 by hand (GDEXP_PARALLEL_RUNS=500).
+PARALLEL_RUNS = int(os.environ.get("GDEXP_PARALLEL_RUNS", "120"))
 
 
 @pytest.mark.slow

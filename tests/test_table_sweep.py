@@ -123,9 +123,9 @@ def test_bgds_measured_edge_is_where_theory_puts_it(store: Store, gdexp_cli: Gde
 
 RESUMABLE = [
     "hydra/launcher=batched", "hydra.launcher.table_chunk=20", "tracking.record=table",
-    "method=sgd", "epochs=60", "step_size=0.001,0.003,0.01,0.03,0.05,0.07,0.1,0.2",
+    "method=sgd", "epochs=40", "step_size=0.001,0.003,0.01,0.03,0.05,0.07,0.1,0.2",
     "seed=range(0,40)",
-]  # fmt: skip  # 320 configs in 16 chunks of about half a second each
+]  # fmt: skip  # 320 configs in 16 chunks of about a third of a second each
 
 
 def test_an_interrupted_table_sweep_keeps_its_chunks_and_resumes_to_the_same_table(
