@@ -541,7 +541,6 @@ class TableSweep(Sweep):
         self.chunks = list(chunks)
         self.axes = dict(describe)
         self.reused_chunks: set[tuple[int, int]] = set()
-        self.tally: TableTally | None = None
 
     @classmethod
     def open_table(
@@ -645,7 +644,6 @@ class TableSweep(Sweep):
         }
         self.tracker.log(self.parent_run_id, metrics=metrics, tags=tags)
         self.tracker.client.log_artifact(self.parent_run_id, str(path))
-        self.tally = tally
         if interrupted or rows < tally.configs:
             self.end("KILLED" if interrupted else "FAILED")
         return tally  # type: ignore[return-value]
